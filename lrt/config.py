@@ -85,7 +85,9 @@ class LRTConfig:
         if self.pathway not in ("none", "shared", "layerwise"):
             raise ValueError(f"pathway must be none/shared/layerwise, got {self.pathway!r}")
         if not -self.depth <= self.source_layer < self.depth:
-            raise ValueError(f"source_layer={self.source_layer} is outside [-{self.depth}, {self.depth})")
+            raise ValueError(
+                f"source_layer={self.source_layer} is outside [-{self.depth}, {self.depth})"
+            )
 
     @property
     def n_layer(self) -> int:

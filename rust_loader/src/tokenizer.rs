@@ -1,7 +1,237 @@
-//! pyo3 bindings for `lrt_bpe` (owned by the tokenizer work; placeholder until then).
+//! pyo3 bindings for `lrt_bpe`: `pipeline._rust.Tokenizer`.
+//!
+//! Each method converts types, releases the GIL around the work (`py.detach`), and maps
+//! [`BpeError`] through [`to_py_err`]. Defaults and validation live in `pipeline/tokenizer.py`.
+//! Other bindings (data packing) can take a `PyRef<PyTokenizer>` and use `inner` directly.
 
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use lrt_bpe::{BpeError, ChunkCounter, Tokenizer};
+use numpy::{IntoPyArray, PyArray1};
+use pyo3::exceptions::{PyFileNotFoundError, PyOSError, PyPermissionError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyString};
 
-pub fn register(_m: &Bound<'_, PyModule>) -> PyResult<()> {
+use crate::errors::TokenizerFormatError;
+
+/// Map a `BpeError` to the matching Python exception.
+pub fn to_py_err(e: BpeError) -> PyErr {
+    match e {
+        BpeError::Io { path, source } => {
+            let msg = format!("{}: {source}", path.display());
+            match source.kind() {
+                std::io::ErrorKind::NotFound => PyFileNotFoundError::new_err(format!(
+                    "{msg}; check the path (a tokenizer is written by Tokenizer.save())"
+                )),
+                std::io::ErrorKind::PermissionDenied => PyPermissionError::new_err(msg),
+                _ => PyOSError::new_err(msg),
+            }
+        }
+        e @ BpeError::Format { .. } => TokenizerFormatError::new_err(e.to_string()),
+        BpeError::InvalidValue(msg) => PyValueError::new_err(msg),
+    }
+}
+
+/// A byte-level BPE tokenizer (private; use `pipeline.tokenizer.Tokenizer`).
+#[pyclass(name = "Tokenizer", module = "pipeline._rust", frozen)]
+pub struct PyTokenizer {
+    pub inner: Arc<Tokenizer>,
+}
+
+impl PyTokenizer {
+    fn wrap(t: Tokenizer) -> Self {
+        PyTokenizer { inner: Arc::new(t) }
+    }
+}
+
+#[pymethods]
+impl PyTokenizer {
+    /// Train on an iterable of str. Texts are pulled in batches of about `batch_bytes` bytes;
+    /// each batch is counted with the GIL released, so memory holds one batch plus the unique
+    /// chunks, never the whole corpus twice.
+    #[staticmethod]
+    #[pyo3(signature = (texts, vocab_size, pattern, special_tokens, batch_bytes = 64 << 20))]
+    fn train(
+        py: Python<'_>,
+        texts: &Bound<'_, PyAny>,
+        vocab_size: usize,
+        pattern: &str,
+        special_tokens: Vec<String>,
+        batch_bytes: usize,
+    ) -> PyResult<Self> {
+        let mut counter = ChunkCounter::new(pattern).map_err(to_py_err)?;
+        let mut batch: Vec<String> = Vec::new();
+        let mut size = 0usize;
+        for item in texts.try_iter()? {
+            let s: String = item?.extract()?;
+            size += s.len();
+            batch.push(s);
+            if size >= batch_bytes {
+                py.detach(|| counter.add(&batch)).map_err(to_py_err)?;
+                batch.clear();
+                size = 0;
+            }
+        }
+        let tok = py.detach(|| {
+            counter.add(&batch)?;
+            drop(batch);
+            Tokenizer::train_from_counter(&counter, vocab_size, &special_tokens)
+        });
+        tok.map(Self::wrap).map_err(to_py_err)
+    }
+
+    /// Load a file written by `save`.
+    #[staticmethod]
+    fn load(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
+        py.detach(|| Tokenizer::load(&path))
+            .map(Self::wrap)
+            .map_err(to_py_err)
+    }
+
+    /// Build from `(token bytes, rank)` pairs (ranks exactly 0..M) and `(special, id)` pairs.
+    #[staticmethod]
+    fn from_ranks(
+        py: Python<'_>,
+        ranks: Vec<(Vec<u8>, u32)>,
+        pattern: &str,
+        special_tokens: Vec<(String, u32)>,
+    ) -> PyResult<Self> {
+        py.detach(|| {
+            let tokens = lrt_bpe::io::ranks_from_pairs(ranks)?;
+            Tokenizer::from_ranks(tokens, pattern, special_tokens)
+        })
+        .map(Self::wrap)
+        .map_err(to_py_err)
+    }
+
+    /// Build from a tiktoken ranks file (`<base64 token> <rank>` per line).
+    #[staticmethod]
+    fn from_tiktoken_file(
+        py: Python<'_>,
+        path: PathBuf,
+        pattern: &str,
+        special_tokens: Vec<(String, u32)>,
+    ) -> PyResult<Self> {
+        py.detach(|| {
+            let tokens = lrt_bpe::io::load_tiktoken_ranks(&path)?;
+            Tokenizer::from_ranks(tokens, pattern, special_tokens)
+        })
+        .map(Self::wrap)
+        .map_err(to_py_err)
+    }
+
+    /// Write the project format atomically.
+    fn save(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
+        py.detach(|| self.inner.save(&path)).map_err(to_py_err)
+    }
+
+    /// Ids of `text` as a list (special-token strings are ordinary text).
+    fn encode_ordinary(&self, py: Python<'_>, text: &str) -> PyResult<Vec<u32>> {
+        py.detach(|| self.inner.encode_ordinary(text))
+            .map_err(to_py_err)
+    }
+
+    /// Ids of `text` as a uint32 numpy array (the Rust buffer, not copied).
+    fn encode_ordinary_array<'py>(
+        &self,
+        py: Python<'py>,
+        text: &str,
+    ) -> PyResult<Bound<'py, PyArray1<u32>>> {
+        let ids = py
+            .detach(|| self.inner.encode_ordinary(text))
+            .map_err(to_py_err)?;
+        Ok(ids.into_pyarray(py))
+    }
+
+    /// Ids of each text, encoded in parallel (`num_threads=None`: all cores).
+    #[pyo3(signature = (texts, num_threads = None))]
+    fn encode_batch(
+        &self,
+        py: Python<'_>,
+        texts: Vec<String>,
+        num_threads: Option<usize>,
+    ) -> PyResult<Vec<Vec<u32>>> {
+        py.detach(|| self.inner.encode_batch(&texts, num_threads))
+            .map_err(to_py_err)
+    }
+
+    /// Bytes of `ids`; special tokens decode to their strings.
+    fn decode_bytes<'py>(&self, py: Python<'py>, ids: Vec<u32>) -> PyResult<Bound<'py, PyBytes>> {
+        let bytes = py
+            .detach(|| self.inner.decode_bytes(&ids))
+            .map_err(to_py_err)?;
+        Ok(PyBytes::new(py, &bytes))
+    }
+
+    /// Bytes of one token.
+    fn token_bytes<'py>(&self, py: Python<'py>, id: u32) -> PyResult<Bound<'py, PyBytes>> {
+        let b = self.inner.token_bytes(id).map_err(to_py_err)?;
+        Ok(PyBytes::new(py, b))
+    }
+
+    /// `(token bytes, rank)` of every ordinary token, by rank (tiktoken's mergeable_ranks).
+    fn ranks<'py>(&self, py: Python<'py>) -> Vec<(Bound<'py, PyBytes>, u32)> {
+        self.inner
+            .ranks()
+            .iter()
+            .enumerate()
+            .map(|(r, b)| (PyBytes::new(py, b), r as u32))
+            .collect()
+    }
+
+    /// The chunks the split pattern cuts `text` into (debugging, reference tests).
+    fn pretokenize(&self, py: Python<'_>, text: &str) -> PyResult<Vec<String>> {
+        py.detach(|| {
+            self.inner
+                .pretokenize(text)
+                .map(|v| v.into_iter().map(str::to_string).collect())
+        })
+        .map_err(to_py_err)
+    }
+
+    /// int32 (vocab_size,): byte length of each token, 0 for special tokens.
+    fn token_byte_lengths<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<i32>> {
+        self.inner.token_byte_lengths().into_pyarray(py)
+    }
+
+    /// One more than the largest id, special tokens included.
+    #[getter]
+    fn vocab_size(&self) -> usize {
+        self.inner.vocab_size()
+    }
+
+    /// Number of ordinary (non-special) tokens.
+    #[getter]
+    fn n_ranks(&self) -> usize {
+        self.inner.n_ranks()
+    }
+
+    /// The split pattern.
+    #[getter]
+    fn pattern<'py>(&self, py: Python<'py>) -> Bound<'py, PyString> {
+        PyString::new(py, self.inner.pattern())
+    }
+
+    /// `{special token: id}`.
+    #[getter]
+    fn special_tokens<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        for (s, id) in self.inner.special_tokens() {
+            d.set_item(s, id)?;
+        }
+        Ok(d)
+    }
+
+    /// Hex sha256 of the canonical serialization.
+    #[getter]
+    fn hash(&self) -> &str {
+        self.inner.hash()
+    }
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyTokenizer>()?;
+    m.add("GPT4_SPLIT_PATTERN", lrt_bpe::GPT4_SPLIT_PATTERN)?;
     Ok(())
 }

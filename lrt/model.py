@@ -1,0 +1,320 @@
+"""The LRT backbone: a nanochat-style decoder whose layers can read a latent memory.
+
+One `LRT.forward` call is one *pass*: token ids plus an explicit memory tensor in, normalised
+final states, source states (the next memory) and every layer's K/V out. Training strategies
+(`lrt/strategies.py`) and decoding (`lrt/decode.py`) are loops over passes. A pass runs in one
+of three attention modes:
+
+- plain:  all positions 0..T-1, causal attention (the baseline / init pass),
+- buffer: only positions `positions` of a longer sequence; their fresh K/V rows are written into
+          a copy of `buffer` (per layer (B, H, T_full, D)) and they attend to it causally by
+          original position (interleaved subsets, chunks),
+- cache:  decoding; K/V appended to a `KVCache` in place.
+
+Backbone: pre-norm blocks, parameter-free RMSNorm (embeddings, QK-norm, before the head), RoPE
+(base 10000), ReLU^2 MLP, untied embedding/head, logit softcap, no biases.
+
+    >>> cfg = LRTConfig(vocab_size=97, depth=2, seq_len=16, n_embd=64, n_head=2, pathway="shared")
+    >>> model = LRT(cfg); model.init_weights()
+    >>> idx = torch.randint(0, 97, (2, 16))
+    >>> out = model(idx, torch.zeros(2, 16, 64))
+    >>> model.head(out.hidden).shape
+    torch.Size([2, 16, 97])
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lrt.attention import causal_attention, masked_attention
+from lrt.config import LRTConfig, StrategyConfig
+from lrt.recurrence import LatentPathway
+
+if TYPE_CHECKING:
+    from lrt.decode import KVCache
+    from lrt.strategies import TrainOutput
+
+KV = tuple[Tensor, Tensor]
+
+
+def norm(x: Tensor) -> Tensor:
+    """Parameter-free RMSNorm over the last dimension."""
+    return F.rms_norm(x, (x.size(-1),))
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate halves of the head dim. x: (B, T, H, D); cos, sin: (T, D/2)."""
+    d = x.size(-1) // 2
+    cos, sin = cos[None, :, None, :].to(x.dtype), sin[None, :, None, :].to(x.dtype)
+    x1, x2 = x[..., :d], x[..., d:]
+    return torch.cat([x1 * cos + x2 * sin, x2 * cos - x1 * sin], dim=-1)
+
+
+class PassOutput(NamedTuple):
+    """What one pass returns.
+
+    hidden: (B, T, C) RMS-normed final states (input of the head).
+    source: (B, T, C) RMS-normed source-layer states (memory of the next position).
+    kv: per layer (K, V), each (B, H, T_kv, D): the fresh K/V (plain pass), the buffer with this
+        pass's rows written in (buffer pass), or the cache up to the new length (cache pass).
+    pre: only with `capture=True`: per layer (k_local, v_local, gate) at this pass's positions,
+        k_local pre-RoPE (B, T, H, D), gate (B, T, H) or None; used by the K/V refresh.
+    """
+
+    hidden: Tensor
+    source: Tensor
+    kv: list[KV]
+    pre: list[tuple[Tensor, Tensor, Tensor | None]] | None
+
+
+class _AttnCtx(NamedTuple):
+    """Attention mode of a pass (see module docstring)."""
+
+    q_pos: Tensor | None  # (T,) original positions, None for a plain pass / single-token decode
+    buffer: list[KV] | None
+    positions: Tensor | None  # rows of the buffer this pass writes
+    cache: KVCache | None
+    mask_key: Hashable | None
+
+
+# ---------------------------------------------------------------------------------------------
+# Blocks
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: LRTConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_head, self.head_dim = cfg.n_head, cfg.head_dim
+        c = cfg.n_embd
+        self.c_q = nn.Linear(c, c, bias=False)
+        self.c_k = nn.Linear(c, c, bias=False)
+        self.c_v = nn.Linear(c, c, bias=False)
+        self.c_proj = nn.Linear(c, c, bias=False)
+
+    def project_kv(self, k_local: Tensor, v_local: Tensor, cos: Tensor, sin: Tensor, fb: Any) -> KV:
+        """Mix memory into local k/v, then RoPE + QK-norm on k. Returns (B, H, T, D) each."""
+        k, v = k_local, v_local
+        if fb is not None:
+            g, k_fb, v_fb = fb  # (B, T, H), (B, T, H, D), (B, T, H, D)
+            g = g.unsqueeze(-1).to(k.dtype)
+            k = k + g * k_fb.to(k.dtype)
+            v = v + g * v_fb.to(v.dtype)
+        # autocast may run rms_norm in float32; keep q/k/v (and the cache) in the matmul dtype
+        k = norm(apply_rotary(k, cos, sin)).to(v.dtype)
+        return k.transpose(1, 2), v.transpose(1, 2)
+
+    def forward(self, xn: Tensor, cos: Tensor, sin: Tensor, fb: Any, ctx: _AttnCtx):
+        b, t, _ = xn.shape
+        shape = (b, t, self.n_head, self.head_dim)
+        k_local, v_local = self.c_k(xn).view(shape), self.c_v(xn).view(shape)
+        q = norm(apply_rotary(self.c_q(xn).view(shape), cos, sin)).to(v_local.dtype)
+        q = q.transpose(1, 2)  # (B, H, T, D)
+        k, v = self.project_kv(k_local, v_local, cos, sin, fb)  # (B, H, T, D)
+        if ctx.cache is not None:
+            k_all, v_all = ctx.cache.update(self.layer_idx, k, v)
+        elif ctx.buffer is not None:
+            kb, vb = ctx.buffer[self.layer_idx]
+            k_all = kb.index_copy(2, ctx.positions, k.to(kb.dtype))
+            v_all = vb.index_copy(2, ctx.positions, v.to(vb.dtype))
+        else:
+            k_all, v_all = k, v
+        if ctx.q_pos is None:
+            y = causal_attention(q, k_all, v_all)
+        else:
+            y = masked_attention(q, k_all, v_all, ctx.q_pos, ctx.mask_key)
+        y = self.c_proj(y.transpose(1, 2).reshape(b, t, -1))
+        gate = fb[0] if fb is not None else None
+        return y, (k_all, v_all), (k_local, v_local, gate)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: LRTConfig) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(cfg.n_embd, cfg.mlp_ratio * cfg.n_embd, bias=False)
+        self.c_proj = nn.Linear(cfg.mlp_ratio * cfg.n_embd, cfg.n_embd, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.c_proj(F.relu(self.c_fc(x)).square())
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: LRTConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.attn = CausalSelfAttention(cfg, layer_idx)
+        self.mlp = MLP(cfg)
+
+
+# ---------------------------------------------------------------------------------------------
+# Model
+
+
+class LRT(nn.Module):
+    """Latent Recurrent Transformer (`cfg.pathway="none"`: the plain baseline).
+
+    Parameters: `wte` (embedding), `blocks[i].attn.c_{q,k,v,proj}`, `blocks[i].mlp.c_{fc,proj}`,
+    `lm_head`, and with a pathway `pathway.gamma` (L,), `pathway.{k,v}_proj[j]`,
+    `pathway.gates[i]`. Buildable on the meta device; call `init_weights()` after `to_empty`.
+    """
+
+    def __init__(self, cfg: LRTConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.pathway = LatentPathway(cfg) if cfg.has_pathway else None
+        cos, sin = self._rotary_tables(device=self.wte.weight.device)
+        self.register_buffer("cos", cos, persistent=False)  # (rope_len, head_dim/2)
+        self.register_buffer("sin", sin, persistent=False)
+
+    def _rotary_tables(self, device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:
+        cfg = self.config
+        freqs = torch.arange(0, cfg.head_dim, 2, dtype=torch.float32, device=device)
+        inv_freq = 1.0 / (cfg.rope_base ** (freqs / cfg.head_dim))
+        t = torch.arange(cfg.rope_len, dtype=torch.float32, device=device)
+        angles = torch.outer(t, inv_freq)
+        return angles.cos(), angles.sin()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """All initialisation (nanochat): wte ~ N(0, 1), lm_head ~ N(0, 0.001), block inputs
+        uniform with std 1/sqrt(n_embd), output projections (attn and MLP c_proj) zero; pathway
+        see `LatentPathway.init_weights`; rotary tables recomputed (meta-device builds)."""
+        nn.init.normal_(self.wte.weight, mean=0.0, std=1.0)
+        nn.init.normal_(self.lm_head.weight, mean=0.0, std=0.001)
+        s = math.sqrt(3.0 / self.config.n_embd)  # uniform bound with the std of N(0, 1/C)
+        for block in self.blocks:
+            for lin in (block.attn.c_q, block.attn.c_k, block.attn.c_v, block.mlp.c_fc):
+                nn.init.uniform_(lin.weight, -s, s)
+            nn.init.zeros_(block.attn.c_proj.weight)
+            nn.init.zeros_(block.mlp.c_proj.weight)
+        if self.pathway is not None:
+            self.pathway.init_weights()
+        cos, sin = self._rotary_tables(device=self.wte.weight.device)
+        self.cos, self.sin = cos, sin  # assigning a tensor to a buffer name updates the buffer
+
+    @property
+    def device(self) -> torch.device:
+        return self.wte.weight.device
+
+    # -----------------------------------------------------------------------------------------
+    # One pass
+
+    def forward(
+        self,
+        idx: Tensor,
+        memory: Tensor | None = None,
+        *,
+        positions: Tensor | None = None,
+        buffer: list[KV] | None = None,
+        cache: KVCache | None = None,
+        capture: bool = False,
+        mask_key: Hashable | None = None,
+    ) -> PassOutput:
+        """One pass over `idx` (B, T) with memory (B, T, C) (None means zeros).
+
+        Args:
+            positions: (T,) original positions of `idx` in a longer sequence; required with
+                `buffer` (the rows written and the causal mask), ignored otherwise.
+            buffer: per layer (K, V) (B, H, T_full, D) from earlier passes. Not modified: the
+                returned `kv` are new tensors with this pass's rows written in (autograd flows
+                through both the old rows and the new ones).
+            cache: decoding cache; the pass's K/V are appended in place at `cache.pos`.
+            capture: also return per-layer (k_local, v_local, gate) for the K/V refresh.
+            mask_key: hashable name of the position mask (lets FlexAttention cache it).
+        """
+        cfg = self.config
+        b, t = idx.shape
+        if cache is not None:
+            p0 = cache.pos
+            if p0 + t > cfg.rope_len:
+                raise ValueError(f"decoding past the rotary table ({p0 + t} > {cfg.rope_len})")
+            cos, sin = self.cos[p0 : p0 + t], self.sin[p0 : p0 + t]
+            q_pos = None if t == 1 else p0 + torch.arange(t, device=idx.device)
+            ctx = _AttnCtx(q_pos, None, None, cache, None)
+        elif buffer is not None:
+            if positions is None:
+                raise ValueError("a buffer pass needs `positions`")
+            cos, sin = self.cos[positions], self.sin[positions]
+            ctx = _AttnCtx(positions, buffer, positions, None, mask_key)
+        else:
+            if t > cfg.rope_len:
+                raise ValueError(f"sequence longer than the rotary table ({t} > {cfg.rope_len})")
+            cos, sin = self.cos[:t], self.sin[:t]
+            ctx = _AttnCtx(None, None, None, None, None)
+
+        pw = self.pathway
+        if pw is not None and memory is None:
+            memory = torch.zeros(b, t, cfg.n_embd, device=idx.device, dtype=self.wte.weight.dtype)
+        mem_kv = pw.all_memory_kv(memory) if pw is not None else None
+
+        x = norm(self.wte(idx))  # (B, T, C)
+        source = None
+        kvs: list[KV] = []
+        pres = [] if capture else None
+        for i, block in enumerate(self.blocks):
+            if pw is not None:
+                x = pw.inject(x, memory, i)
+            xn = norm(x)
+            fb = (pw.gate(xn, i), *mem_kv[i]) if mem_kv is not None else None
+            y, kv, pre = block.attn(xn, cos, sin, fb, ctx)
+            x = x + y
+            x = x + block.mlp(norm(x))
+            kvs.append(kv)
+            if capture:
+                pres.append(pre)
+            if i == cfg.source_index:
+                source = norm(x)
+        hidden = source if cfg.source_index == cfg.n_layer - 1 else norm(x)
+        if cache is not None:
+            cache.advance(t)
+        return PassOutput(hidden, source, kvs, pres)
+
+    def head(self, hidden: Tensor) -> Tensor:
+        """Logits (float32, soft-capped) from normed final states: (B, T, C) -> (B, T, V)."""
+        logits = self.lm_head(hidden).float()
+        c = self.config.softcap
+        return c * torch.tanh(logits / c) if c > 0 else logits
+
+    # -----------------------------------------------------------------------------------------
+    # Strategy front ends (implemented in lrt/strategies.py)
+
+    def forward_train(
+        self, idx: Tensor, targets: Tensor, strategy: StrategyConfig | None = None
+    ) -> TrainOutput:
+        """Training loss of one batch under `strategy` (default: "none"). See strategies.py."""
+        from lrt.strategies import forward_train
+
+        return forward_train(self, idx, targets, strategy or StrategyConfig())
+
+    def token_losses(
+        self,
+        idx: Tensor,
+        targets: Tensor,
+        mode: str = "init",
+        strategy: StrategyConfig | None = None,
+    ) -> Tensor:
+        """Per-position losses in nats (B, T), 0 where targets == -1. No gradients.
+
+        mode: "init" (zero memory), "merged" (interleaved, each position scored by its subset
+        pass; S = strategy.subsets), "refine" (last multi_refine pass; K = strategy.refine_steps),
+        "chunked" (C = strategy.chunk_size) or "sequential" (exact recurrence).
+        """
+        from lrt.strategies import token_losses
+
+        return token_losses(self, idx, targets, mode, strategy or StrategyConfig())
+
+    def logits(
+        self, idx: Tensor, mode: str = "init", strategy: StrategyConfig | None = None
+    ) -> Tensor:
+        """Logits (B, T, V) under `mode` (same modes as `token_losses`). No gradients."""
+        from lrt.strategies import mode_logits
+
+        return mode_logits(self, idx, mode, strategy or StrategyConfig())

@@ -1,0 +1,92 @@
+"""The LRT latent pathway: how the memory m_t enters every layer.
+
+m_t = RMSNorm(h_src[t-1]) (m_0 = 0) is computed by the model (`LRT.forward` returns the source
+states; `shift_right` turns them into memory). This module owns the pathway parameters:
+
+- residual injection   x <- x + gamma_l * m_t                 before block l   (`gamma`, (L,))
+- KV projection        k_fb = Wk_m m_t,  v_fb = Wv_m m_t      (`k_proj`, `v_proj`: 1 or L linears)
+                       g = 2 * sigmoid(Wg_l RMSNorm(x))       per head, per layer (`gates`)
+                       k <- k + g * k_fb,  v <- v + g * v_fb  before RoPE and QK-norm
+
+`shared` keeps one (Wk_m, Wv_m) for all layers; `layerwise` one per layer. Gates are always
+per layer (n_embd x n_head each, tiny). The KV cache keeps its shape: memory only changes the
+values written into it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lrt.config import LRTConfig
+
+
+def shift_right(states: Tensor) -> Tensor:
+    """Memory from source states: out[:, t] = states[:, t-1], out[:, 0] = 0. (B, T, C)."""
+    return F.pad(states, (0, 0, 1, 0))[:, :-1]
+
+
+class LatentPathway(nn.Module):
+    """Parameters and arithmetic of the recurrent pathway (never built for pathway="none")."""
+
+    def __init__(self, cfg: LRTConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        c, h, n = cfg.n_embd, cfg.n_head, cfg.n_layer
+        self.gamma = nn.Parameter(torch.empty(n)) if cfg.residual_injection else None
+        if cfg.kv_projection:
+            n_proj = 1 if cfg.pathway == "shared" else n
+            self.k_proj = nn.ModuleList(nn.Linear(c, c, bias=False) for _ in range(n_proj))
+            self.v_proj = nn.ModuleList(nn.Linear(c, c, bias=False) for _ in range(n_proj))
+            self.gates = nn.ModuleList(nn.Linear(c, h, bias=False) for _ in range(n))
+        else:
+            self.k_proj = self.v_proj = self.gates = None
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """gamma = gamma_init; Wk_m, Wv_m like the block's c_v; Wg = 0 (gates start at 1).
+
+        identity_init zeroes gamma and Wk_m, Wv_m, so the model starts equal to the baseline.
+        """
+        cfg = self.cfg
+        if self.gamma is not None:
+            self.gamma.fill_(0.0 if cfg.identity_init else cfg.gamma_init)
+        if self.k_proj is not None:
+            s = math.sqrt(3.0 / cfg.n_embd)
+            for lin in [*self.k_proj, *self.v_proj]:
+                if cfg.identity_init:
+                    nn.init.zeros_(lin.weight)
+                else:
+                    nn.init.uniform_(lin.weight, -s, s)
+            for lin in self.gates:
+                nn.init.zeros_(lin.weight)
+
+    # -----------------------------------------------------------------------------------------
+
+    def inject(self, x: Tensor, memory: Tensor, layer: int) -> Tensor:
+        """Residual injection before block `layer`. x, memory: (B, T, C)."""
+        if self.gamma is None:
+            return x
+        return x + self.gamma[layer].to(x.dtype) * memory.to(x.dtype)
+
+    def memory_kv(self, memory: Tensor, layer: int) -> tuple[Tensor, Tensor]:
+        """(k_fb, v_fb) for `layer`, each (B, T, H, D)."""
+        b, t, _ = memory.shape
+        i = 0 if len(self.k_proj) == 1 else layer
+        shape = (b, t, self.cfg.n_head, self.cfg.head_dim)
+        return self.k_proj[i](memory).view(shape), self.v_proj[i](memory).view(shape)
+
+    def all_memory_kv(self, memory: Tensor) -> list[tuple[Tensor, Tensor]] | None:
+        """`memory_kv` for every layer; the shared variant projects once."""
+        if self.k_proj is None:
+            return None
+        if len(self.k_proj) == 1:
+            return [self.memory_kv(memory, 0)] * self.cfg.n_layer
+        return [self.memory_kv(memory, i) for i in range(self.cfg.n_layer)]
+
+    def gate(self, xn: Tensor, layer: int) -> Tensor:
+        """Per-head mixing gate 2*sigmoid(Wg RMSNorm(x)): (B, T, H), in (0, 2), 1 at init."""
+        return 2.0 * torch.sigmoid(self.gates[layer](xn))

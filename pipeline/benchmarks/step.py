@@ -1,0 +1,450 @@
+"""Train-step and decoding benchmark: LRT strategies relative to the baseline, in one process.
+
+For the baseline (pathway "none") and each LRT strategy it times full training steps (forward,
+backward, optimizer step) on random tokens, then decoding throughput (one token per forward
+with the KV cache; LRT also carries its memory) at batch 1 and 32. On CUDA it uses bf16
+autocast, optionally torch.compile, and reports peak memory and MFU (`lrt.accounting`).
+
+    python -m pipeline.benchmarks.step --depth 2 --n-embd 64 --n-head 2 --vocab-size 512 \
+        --seq-len 128 --batch-size 4 --steps 5 --out step.json            # CPU smoke
+    python -m pipeline.benchmarks.step --depth 20 --seq-len 2048 --batch-size 8 --compile
+
+Every figure is measured in this process against a baseline measured the same way; compare
+numbers only within one run (one device).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import statistics
+import time
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lrt import accounting
+from lrt.config import LRTConfig, StrategyConfig
+from lrt.optim import build_optimizer
+
+DEFAULT_STRATEGIES = ("interleaved:2", "multi_refine:1", "chunked:64")
+
+
+def parse_strategy(spec: str | StrategyConfig) -> StrategyConfig:
+    """ "interleaved:2" / "multi_refine:1" / "chunked:64" / "none" -> StrategyConfig."""
+    if isinstance(spec, StrategyConfig):
+        return spec
+    name, _, arg = spec.partition(":")
+    if not arg:
+        return StrategyConfig(name=name)
+    size = int(arg)
+    field = {"interleaved": "subsets", "multi_refine": "refine_steps", "chunked": "chunk_size"}.get(
+        name
+    )
+    if field is None:
+        raise ValueError(f"strategy {name!r} takes no size (got {spec!r})")
+    return StrategyConfig(name=name, **{field: size})
+
+
+def label(st: StrategyConfig) -> str:
+    size = {
+        "interleaved": st.subsets,
+        "multi_refine": st.refine_steps,
+        "chunked": st.chunk_size,
+    }.get(st.name)
+    return st.name if size is None else f"{st.name}:{size}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Measurements
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _build(cfg: LRTConfig, device: torch.device, compile_model: bool):
+    from lrt.model import LRT
+
+    torch.manual_seed(0)
+    with torch.device("meta"):
+        model = LRT(cfg)
+    model.to_empty(device=device)
+    model.init_weights()
+    model.train()
+    if compile_model:
+        model.compile(dynamic=False)  # compiles __call__, so strategy passes (model(...)) use it
+    return model
+
+
+class TrainBench:
+    """One model + optimizer + fixed batch whose training step can be timed repeatedly."""
+
+    def __init__(
+        self,
+        cfg: LRTConfig,
+        strategy: StrategyConfig,
+        device: torch.device,
+        *,
+        batch_size: int,
+        compile_model: bool,
+    ) -> None:
+        self.cfg, self.strategy, self.device, self.batch_size = cfg, strategy, device, batch_size
+        self.model = _build(cfg, device, compile_model)
+        self.opt = build_optimizer(self.model)
+        g = torch.Generator().manual_seed(0)
+        data = torch.randint(0, cfg.vocab_size, (batch_size, cfg.seq_len + 1), generator=g)
+        data = data.to(device)
+        self.idx, self.tgt = data[:, :-1], data[:, 1:]
+        self.times: list[float] = []
+        self.loss = float("nan")
+
+    def step(self, timed: bool = True) -> None:
+        """One training step: forward (all passes of the strategy), backward, optimizer."""
+        _sync(self.device)
+        t0 = time.perf_counter()
+        with _autocast(self.device):
+            out = self.model.forward_train(self.idx, self.tgt, self.strategy)
+        out.loss.backward()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        _sync(self.device)
+        if timed:
+            self.times.append(time.perf_counter() - t0)
+        self.loss = out.loss.item()
+
+    def result(self) -> dict[str, Any]:
+        step_s = statistics.median(self.times)
+        out = {
+            "step_ms": 1e3 * step_s,
+            "step_ms_all": [round(1e3 * t, 3) for t in self.times],
+            "tokens_per_s": self.batch_size * self.cfg.seq_len / step_s,
+            "flops_per_token": accounting.flops_per_token(self.cfg, self.strategy),
+            "loss": self.loss,
+        }
+        if self.device.type == "cuda":
+            peak = accounting.peak_flops(torch.cuda.get_device_name(self.device))
+            out["mfu"] = accounting.mfu(out["flops_per_token"], out["tokens_per_s"], peak)
+        return out
+
+    def close(self) -> None:
+        del self.model, self.opt
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def time_train(
+    cfg: LRTConfig,
+    strategy: StrategyConfig,
+    device: torch.device,
+    *,
+    steps: int,
+    warmup: int,
+    batch_size: int,
+    compile_model: bool,
+) -> dict[str, Any]:
+    """Median wall time of a training step (fwd + bwd + optimizer), alone on the device; on
+    CUDA also the peak memory of building and training this one model."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    bench = TrainBench(cfg, strategy, device, batch_size=batch_size, compile_model=compile_model)
+    for i in range(warmup + steps):
+        bench.step(timed=i >= warmup)
+    result = bench.result()
+    if device.type == "cuda":
+        result["peak_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+    bench.close()
+    return result
+
+
+def time_train_interleaved(
+    runs: Sequence[tuple[str, LRTConfig, StrategyConfig]],
+    device: torch.device,
+    *,
+    steps: int,
+    warmup: int,
+    batch_size: int,
+    compile_model: bool,
+    errors: dict[str, str],
+) -> dict[str, dict[str, Any]]:
+    """Like `time_train` for several runs at once, stepping them round-robin so that load from
+    other processes (shared CPUs) hits every run alike. No memory figures."""
+    benches: dict[str, TrainBench] = {}
+    for name, cfg, st in runs:
+        try:
+            benches[name] = TrainBench(
+                cfg, st, device, batch_size=batch_size, compile_model=compile_model
+            )
+            for _ in range(warmup):
+                benches[name].step(timed=False)
+        except Exception as exc:  # noqa: BLE001 - record and go on with the other runs
+            errors[f"train/{name}"] = _describe(exc)
+            benches.pop(name, None)
+    for _ in range(steps):
+        for bench in benches.values():
+            bench.step()
+    results = {name: b.result() for name, b in benches.items()}
+    for b in benches.values():
+        b.close()
+    return results
+
+
+@torch.no_grad()
+def time_decode(
+    cfg: LRTConfig, device: torch.device, *, batch_size: int, tokens: int, warmup: int = 2
+) -> dict[str, Any]:
+    """Greedy decoding throughput (tokens/s over the batch) from an empty cache."""
+    from lrt.decode import decode_step, new_state
+
+    model = _build(cfg, device, compile_model=False)
+    model.eval()
+    total = warmup + tokens
+    state = new_state(model, batch_size, total)
+    nxt = torch.zeros(batch_size, dtype=torch.long, device=device)
+    t0 = 0.0
+    for i in range(total):
+        if i == warmup:
+            _sync(device)
+            t0 = time.perf_counter()
+        with _autocast(device):
+            logits = decode_step(model, state, nxt)
+        nxt = logits.argmax(dim=-1)
+    _sync(device)
+    elapsed = time.perf_counter() - t0
+    del model, state
+    gc.collect()
+    return {
+        "tokens_per_s": batch_size * tokens / elapsed,
+        "ms_per_step": 1e3 * elapsed / tokens,
+        "flops_per_token": accounting.decode_flops_per_token(cfg, context=(total + 1) // 2),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Driver
+
+
+def run(
+    depth: int = 2,
+    strategies: Sequence[str | StrategyConfig] = DEFAULT_STRATEGIES,
+    device: str | torch.device | None = None,
+    steps: int = 5,
+    batch_size: int = 4,
+    seq_len: int = 128,
+    compile: bool = False,  # noqa: A002 - the documented keyword
+    *,
+    vocab_size: int = 512,
+    n_embd: int | None = None,
+    n_head: int | None = None,
+    pathway: str = "shared",
+    warmup: int = 2,
+    decode_tokens: int = 32,
+    decode_batches: Sequence[int] = (1, 32),
+    decode_rounds: int = 3,
+    interleave: bool | None = None,
+    verbose: bool = True,
+) -> dict[str, Any]:
+    """Benchmark training steps and decoding of baseline vs LRT strategies on one device.
+
+    Args:
+        depth, n_embd, n_head, vocab_size, seq_len: model (n_embd/n_head None -> nanochat rule).
+        strategies: LRT strategies ("interleaved:2", "multi_refine:1", "chunked:64", ...).
+        device: "cuda", "cpu", ...; None -> CUDA when available.
+        steps, warmup, batch_size: timed steps (median reported), untimed warmup steps, rows.
+        compile: torch.compile the model (CUDA).
+        pathway: the LRT variant ("shared" or "layerwise").
+        decode_tokens, decode_batches, decode_rounds: decoding length, batch sizes, and
+            alternating baseline/LRT rounds (best round kept).
+        interleave: time all training runs round-robin in one process (robust to load on shared
+            CPUs, no memory figures); None -> on CPU only. Otherwise one model at a time.
+
+    Returns:
+        JSON-able dict: device, config, train (per run: step_ms, rel_step_time, tokens_per_s,
+        flops_per_token, rel_flops, [mfu, peak_mem_gb]), decode (per batch size: baseline and
+        lrt tokens/s, lrt_rel), errors (what failed, with the reason).
+    """
+    dev = (
+        torch.device(device)
+        if device is not None
+        else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    )
+    if dev.type == "cpu":
+        torch.set_num_threads(max(1, torch.get_num_threads()))
+    dims = dict(vocab_size=vocab_size, depth=depth, seq_len=seq_len, n_embd=n_embd, n_head=n_head)
+    base_cfg = LRTConfig(**dims)
+    lrt_cfg = LRTConfig(pathway=pathway, **dims)
+    sts = [parse_strategy(s) for s in strategies]
+    result: dict[str, Any] = {
+        "device": torch.cuda.get_device_name(dev)
+        if dev.type == "cuda"
+        else f"cpu ({torch.get_num_threads()} threads)",
+        "torch": torch.__version__,
+        "config": {
+            **base_cfg.to_dict(),
+            "pathway": pathway,
+            "batch_size": batch_size,
+            "steps": steps,
+            "warmup": warmup,
+            "compile": compile,
+            "decode_tokens": decode_tokens,
+            "dtype": "bf16 autocast" if dev.type == "cuda" else "fp32",
+        },
+        "params": {
+            "baseline": accounting.param_counts(base_cfg)["total"],
+            "lrt": accounting.param_counts(lrt_cfg)["total"],
+        },
+        "train": {},
+        "decode": {},
+        "errors": {},
+    }
+    kw = dict(steps=steps, warmup=warmup, batch_size=batch_size, compile_model=compile)
+
+    runs = [("baseline", base_cfg, StrategyConfig())] + [(label(s), lrt_cfg, s) for s in sts]
+    if interleave is None:
+        interleave = dev.type != "cuda"
+    if interleave:
+        result["train"] = time_train_interleaved(runs, dev, errors=result["errors"], **kw)
+    else:
+        # One model at a time (clean peak memory); the baseline first and last, their mean is
+        # the reference (drift).
+        for name, cfg, st in [*runs, ("baseline_again", base_cfg, StrategyConfig())]:
+            try:
+                result["train"][name] = time_train(cfg, st, dev, **kw)
+            except Exception as exc:  # noqa: BLE001 - record and go on with the other runs
+                result["errors"][f"train/{name}"] = _describe(exc)
+    result["config"]["interleaved_timing"] = interleave
+    train = result["train"]
+    refs = [train[k] for k in ("baseline", "baseline_again") if k in train]
+    if refs:
+        ref_ms = statistics.mean(r["step_ms"] for r in refs)
+        ref_flops = refs[0]["flops_per_token"]
+        for r in train.values():
+            r["rel_step_time"] = r["step_ms"] / ref_ms
+            r["rel_flops"] = r["flops_per_token"] / ref_flops
+
+    for b in decode_batches:
+        row: dict[str, Any] = {}
+        # Alternate baseline / LRT and keep each one's best round: decoding at small sizes is
+        # short and noisy, and alternation spreads machine-load drift over both.
+        for _ in range(decode_rounds):
+            for name, cfg in (("baseline", base_cfg), ("lrt", lrt_cfg)):
+                try:
+                    r = time_decode(cfg, dev, batch_size=b, tokens=decode_tokens)
+                except Exception as exc:  # noqa: BLE001
+                    result["errors"][f"decode/{name}/batch_{b}"] = _describe(exc)
+                    continue
+                if name not in row or r["tokens_per_s"] > row[name]["tokens_per_s"]:
+                    row[name] = r
+        if "baseline" in row and "lrt" in row:
+            row["lrt_rel_throughput"] = row["lrt"]["tokens_per_s"] / row["baseline"]["tokens_per_s"]
+        result["decode"][f"batch_{b}"] = row
+    if verbose:
+        print(format_table(result))
+    return result
+
+
+def _describe(exc: Exception) -> str:
+    tb = traceback.extract_tb(exc.__traceback__)
+    where = f" at {tb[-1].filename}:{tb[-1].lineno}" if tb else ""
+    return f"{type(exc).__name__}: {exc}{where}"
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """Human-readable summary of `run`'s result."""
+    lines = [
+        f"device: {result['device']}  torch {result['torch']}  config: "
+        f"depth={result['config']['depth']} n_embd={result['config']['n_embd']} "
+        f"vocab={result['config']['vocab_size']} T={result['config']['seq_len']} "
+        f"B={result['config']['batch_size']} {result['config']['dtype']}"
+    ]
+    cuda = any("mfu" in r for r in result["train"].values())
+    head = f"{'run':<16}{'step ms':>10}{'x base':>8}{'FLOPs x':>9}{'tok/s':>11}"
+    head += f"{'MFU':>7}{'mem GB':>8}" if cuda else ""
+    lines += ["", head]
+    for name, r in result["train"].items():
+        line = (
+            f"{name:<16}{r['step_ms']:>10.2f}{r.get('rel_step_time', float('nan')):>8.2f}"
+            f"{r.get('rel_flops', float('nan')):>9.3f}{r['tokens_per_s']:>11.0f}"
+        )
+        if cuda:
+            line += f"{100 * r['mfu']:>6.1f}%{r['peak_mem_gb']:>8.2f}"
+        lines.append(line)
+    lines += ["", f"{'decode':<16}{'base tok/s':>12}{'LRT tok/s':>12}{'LRT/base':>10}"]
+    for key, row in result["decode"].items():
+        if "lrt_rel_throughput" in row:
+            lines.append(
+                f"{key:<16}{row['baseline']['tokens_per_s']:>12.1f}"
+                f"{row['lrt']['tokens_per_s']:>12.1f}{row['lrt_rel_throughput']:>10.3f}"
+            )
+    for key, err in result["errors"].items():
+        lines.append(f"ERROR {key}: {err}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--depth", type=int, default=2)
+    p.add_argument("--n-embd", type=int, default=None)
+    p.add_argument("--n-head", type=int, default=None)
+    p.add_argument("--vocab-size", type=int, default=512)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--strategies", nargs="+", default=list(DEFAULT_STRATEGIES))
+    p.add_argument("--pathway", default="shared", choices=["shared", "layerwise"])
+    p.add_argument("--device", default=None)
+    p.add_argument("--compile", action="store_true")
+    p.add_argument(
+        "--interleave",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="round-robin timing of all runs (default: on CPU only)",
+    )
+    p.add_argument("--decode-tokens", type=int, default=32)
+    p.add_argument("--decode-batches", type=int, nargs="+", default=[1, 32])
+    p.add_argument("--decode-rounds", type=int, default=3)
+    p.add_argument("--out", type=Path, default=None, help="write the result JSON here")
+    a = p.parse_args(argv)
+    result = run(
+        depth=a.depth,
+        strategies=a.strategies,
+        device=a.device,
+        steps=a.steps,
+        batch_size=a.batch_size,
+        seq_len=a.seq_len,
+        compile=a.compile,
+        vocab_size=a.vocab_size,
+        n_embd=a.n_embd,
+        n_head=a.n_head,
+        pathway=a.pathway,
+        warmup=a.warmup,
+        decode_tokens=a.decode_tokens,
+        decode_batches=a.decode_batches,
+        decode_rounds=a.decode_rounds,
+        interleave=a.interleave,
+    )
+    if a.out is not None:
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = a.out.with_suffix(a.out.suffix + ".tmp")
+        tmp.write_text(json.dumps(result, indent=2))
+        tmp.replace(a.out)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,413 @@
+"""`lrt-pipeline`: run the LRT pipeline's stages, inspect settings, generate text, benchmark.
+
+    lrt-pipeline run                                  # download -> tokenize -> train -> eval -> report
+    lrt-pipeline train --variant lrt --set train.max_steps=50
+    lrt-pipeline config show                          # every setting and where it came from
+    lrt-pipeline generate --prompt "def main():" --variant lrt
+
+Every command takes `--config FILE` (default params.yaml) and repeatable `--set KEY=VALUE`.
+Precedence: --set > environment LRT_SECTION__KEY > config file > defaults. `dvc repro` runs the
+same stages through `stages/*.py`; this CLI runs them without DVC's caching.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib
+import inspect
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from pipeline.settings import DEFAULT_CONFIG, Settings, SettingsError, load_settings
+
+BENCHMARKS = ("tokenizer", "loader", "step")
+
+
+class _UserError(click.ClickException):
+    """A mistake the user can fix: printed as one line, exit status 1."""
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean "fix your input", not "bug": shown without a traceback."""
+    from pipeline.sources import DownloadError
+
+    errors: list[type[BaseException]] = [
+        SettingsError,
+        FileNotFoundError,
+        DownloadError,
+        ValueError,
+    ]
+    with contextlib.suppress(ImportError):  # the extension may not be built yet
+        from pipeline.shards import ShardFormatError
+
+        errors.append(ShardFormatError)
+    return tuple(errors)
+
+
+def _load(config_path: str | None, overrides: Sequence[str]) -> Settings:
+    try:
+        return load_settings(config_path, list(overrides))
+    except SettingsError as exc:
+        raise _UserError(str(exc)) from None
+
+
+def with_settings(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Add --config/--set to a command and pass it the loaded `Settings` as first argument;
+    turn user mistakes into clean one-line errors (--debug shows the traceback)."""
+
+    @click.option(
+        "--config",
+        "config_path",
+        default=DEFAULT_CONFIG,
+        show_default=True,
+        type=click.Path(dir_okay=False),
+        help="YAML settings file (DVC's params.yaml). A missing params.yaml means defaults.",
+    )
+    @click.option(
+        "--set",
+        "overrides",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Override one setting, e.g. --set train.max_steps=100 (repeatable; YAML values).",
+    )
+    @functools.wraps(func)
+    def wrapper(config_path: str, overrides: tuple[str, ...], **kwargs: Any) -> Any:
+        settings = _load(config_path, overrides)
+        try:
+            return func(settings, **kwargs)
+        except click.ClickException:
+            raise
+        except _user_errors() as exc:
+            if click.get_current_context().find_root().params.get("debug"):
+                raise
+            raise _UserError(f"{type(exc).__name__}: {exc}") from None
+
+    return wrapper
+
+
+def _echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def _variants(settings: Settings, names: Sequence[str]) -> list[str]:
+    known = list(settings.train.variants)
+    for name in names:
+        if name not in known:
+            raise _UserError(f"unknown variant {name!r}; train.variants has {', '.join(known)}")
+    return list(names) or known
+
+
+# ---------------------------------------------------------------------------------------------
+# Root
+# ---------------------------------------------------------------------------------------------
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="lrt-pipeline", prog_name="lrt-pipeline")
+@click.option("--debug", is_flag=True, help="Show tracebacks for user errors; log at DEBUG level.")
+def main(debug: bool) -> None:
+    """Reproducible pipeline for the Latent Recurrent Transformer (LRT).
+
+    Stages: download -> tokenize -> train -> eval -> report. `run` runs them all; `dvc repro`
+    does the same with caching. Results land in runs/ and reports/, and in MLflow
+    (`mlflow ui --backend-store-uri sqlite:///mlruns.db`).
+    """
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO,
+        format="%(asctime)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    for noisy in ("alembic", "mlflow", "urllib3", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stages
+# ---------------------------------------------------------------------------------------------
+
+_VARIANT = click.option(
+    "--variant",
+    "variants",
+    multiple=True,
+    metavar="NAME",
+    help="A key of train.variants (repeatable). Default: every variant.",
+)
+
+
+@main.command()
+@with_settings
+def download(settings: Settings) -> None:
+    """Fetch or assemble the raw corpus (data.source) into data.raw_dir."""
+    from pipeline import steps
+
+    manifest = steps.download(settings)
+    click.echo(
+        f"{manifest['documents']} documents, {manifest['bytes']:,} bytes in "
+        f"{len(manifest['files'])} file(s) -> {settings.data.raw_dir}"
+    )
+
+
+@main.command()
+@with_settings
+def tokenize(settings: Settings) -> None:
+    """Train the BPE tokenizer and pack the raw documents into token shards."""
+    from pipeline import steps
+
+    stats = steps.tokenize(settings)
+    click.echo(
+        f"vocab {stats['vocab_size']}, {stats['tokens']:,} tokens "
+        f"({stats['train_tokens']:,} train / {stats['val_tokens']:,} val) -> {settings.tokenizer.out_dir}"
+    )
+
+
+@main.command()
+@_VARIANT
+@click.option("--resume", is_flag=True, help="Continue from the newest checkpoint.")
+@with_settings
+def train(settings: Settings, variants: tuple[str, ...], resume: bool) -> None:
+    """Train variants into train.out_dir/VARIANT."""
+    from pipeline import steps
+
+    for name in _variants(settings, variants):
+        metrics = steps.train(settings, name, resume=resume)
+        click.echo(f"{name}: {_summary(metrics)}")
+
+
+@main.command(name="eval")
+@_VARIANT
+@with_settings
+def eval_(settings: Settings, variants: tuple[str, ...]) -> None:
+    """Evaluate trained variants (BPB in every mode, CORE, ICL probes, samples)."""
+    from pipeline import steps
+
+    for name in _variants(settings, variants):
+        metrics = steps.evaluate(settings, name)
+        click.echo(f"{name}: {_summary(metrics)}")
+
+
+@main.command()
+@with_settings
+def report(settings: Settings) -> None:
+    """Write report.md and report.html comparing the variants."""
+    from pipeline import steps
+
+    click.echo(str(steps.report(settings)))
+
+
+@main.command()
+@_VARIANT
+@with_settings
+def run(settings: Settings, variants: tuple[str, ...]) -> None:
+    """Run every stage in order (no DVC caching), all variants, under one MLflow parent run."""
+    from pipeline import steps
+
+    result = steps.run_all(settings, variants=_variants(settings, variants))
+    for name, metrics in result["eval"].items():
+        click.echo(f"{name}: {_summary(metrics)}")
+    click.echo(f"report: {result['report']}")
+
+
+def _summary(metrics: dict[str, Any]) -> str:
+    keys = ("step", "val_bpb", "loss", "core", "elapsed_s")
+    parts = [
+        f"{k}={metrics[k]:.4g}" if isinstance(metrics.get(k), float) else f"{k}={metrics[k]}"
+        for k in keys
+        if metrics.get(k) is not None and not isinstance(metrics.get(k), dict)
+    ]
+    return ", ".join(parts) or "done"
+
+
+# ---------------------------------------------------------------------------------------------
+# Generate
+# ---------------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--prompt", required=True, help="Text to continue.")
+@click.option(
+    "--variant", default=None, metavar="NAME", help="Model to use (default: the first variant)."
+)
+@click.option("--max-new-tokens", default=64, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--temperature",
+    default=0.8,
+    show_default=True,
+    type=click.FloatRange(min=0.0),
+    help="0 = greedy.",
+)
+@click.option(
+    "--top-k", default=50, show_default=True, type=click.IntRange(min=0), help="0 = no cut."
+)
+@click.option("--seed", default=None, type=int, help="Seed for reproducible samples.")
+@with_settings
+def generate(
+    settings: Settings,
+    prompt: str,
+    variant: str | None,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int,
+    seed: int | None,
+) -> None:
+    """Continue a prompt with a trained model (exact recurrent decoding, KV cache + memory)."""
+    import torch
+
+    from lrt.decode import generate as lrt_generate
+    from pipeline.checkpoint import load_model
+    from pipeline.evaluation.run import load_tokenizer
+
+    name = _variants(settings, [variant])[0] if variant else next(iter(settings.train.variants))
+    path = Path(settings.train.out_dir) / name / "model.pt"
+    if not path.is_file():
+        raise _UserError(
+            f"{path} does not exist; train it first (lrt-pipeline train --variant {name})"
+        )
+    device = settings.train.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, _, _ = load_model(path, device=device)
+    tokenizer = load_tokenizer(settings.tokenizer.out_dir)
+    ids = [tokenizer.bos_id, *tokenizer.encode(prompt)]
+    out = lrt_generate(
+        model, ids, max_new_tokens, temperature=temperature, top_k=top_k or None, seed=seed
+    )
+    click.echo(prompt + tokenizer.decode(out[0, len(ids) :].tolist()))
+
+
+# ---------------------------------------------------------------------------------------------
+# Config
+# ---------------------------------------------------------------------------------------------
+
+
+@main.group()
+def config() -> None:
+    """Inspect the effective settings."""
+
+
+@config.command(name="show")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "yaml", "json"]),
+    default="text",
+    show_default=True,
+    help="text: one line per key with its source; yaml/json: the settings only.",
+)
+@click.argument("section", required=False)
+@with_settings
+def config_show(settings: Settings, fmt: str, section: str | None) -> None:
+    """Print every setting (or one SECTION) and where its value came from."""
+    data = settings.model_dump(mode="json")
+    if section is not None:
+        settings.section(section)  # unknown section -> a message naming the valid ones
+        data = {section: data[section]}
+    if fmt == "json":
+        _echo_json(data)
+        return
+    if fmt == "yaml":
+        import yaml
+
+        click.echo(yaml.safe_dump(data, sort_keys=False), nl=False)
+        return
+    flat = {
+        k: v for k, v in settings.flat().items() if section is None or k.split(".")[0] == section
+    }
+    provenance = settings.provenance
+    width = max(len(k) for k in flat)
+    for key, value in flat.items():
+        click.echo(f"{key:<{width}}  {json.dumps(value)}  # {provenance.get(key, 'default')}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Benchmarks and sweep
+# ---------------------------------------------------------------------------------------------
+
+
+def _parse_options(options: Sequence[str]) -> dict[str, Any]:
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in options:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise _UserError(f"--opt expects KEY=VALUE, got {item!r}")
+        out[key.replace("-", "_")] = yaml.safe_load(raw)
+    return out
+
+
+@main.command()
+@click.argument("name", type=click.Choice(BENCHMARKS))
+@click.option(
+    "--opt",
+    "options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Keyword argument for the benchmark's run().",
+)
+@click.option(
+    "--out", type=click.Path(dir_okay=False), default=None, help="Also write the result JSON here."
+)
+@with_settings
+def bench(settings: Settings, name: str, options: tuple[str, ...], out: str | None) -> None:
+    """Run a benchmark (pipeline.benchmarks.NAME.run) and print its JSON result."""
+    try:
+        module = importlib.import_module(f"pipeline.benchmarks.{name}")
+    except ModuleNotFoundError as exc:
+        raise _UserError(f"benchmark {name!r} is not available: {exc}") from None
+    kwargs = _parse_options(options)
+    accepted = inspect.signature(module.run).parameters
+    if "settings" in accepted and "settings" not in kwargs:
+        kwargs["settings"] = settings
+    unknown = (
+        [k for k in kwargs if k not in accepted]
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
+        else []
+    )
+    if unknown:
+        raise _UserError(
+            f"benchmark {name!r} takes no option(s) {unknown}; it takes {list(accepted)}"
+        )
+    result = module.run(**kwargs)
+    _echo_json(result)
+    if out:
+        Path(out).write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
+
+
+@main.command()
+@click.option(
+    "--budget",
+    "budgets",
+    multiple=True,
+    type=float,
+    metavar="R",
+    help="Tokens per parameter (repeatable).",
+)
+@click.option(
+    "--method",
+    "methods",
+    multiple=True,
+    metavar="NAME",
+    help="Method or variant name (repeatable).",
+)
+@with_settings
+def sweep(settings: Settings, budgets: tuple[float, ...], methods: tuple[str, ...]) -> None:
+    """Train and evaluate methods over token budgets; compare at equal effective compute."""
+    try:
+        from pipeline.sweep import run_sweep
+    except ImportError as exc:
+        raise _UserError(f"sweep is not available: {exc}") from None
+    result = run_sweep(settings, budgets=list(budgets) or None, methods=list(methods) or None)
+    _echo_json(
+        {k: v for k, v in result.items() if k != "runs"} | {"runs": len(result.get("runs", []))}
+    )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

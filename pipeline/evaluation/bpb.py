@@ -1,0 +1,341 @@
+"""Bits per byte (BPB) on validation shards, in every decoding mode a model supports.
+
+BPB follows nanochat's definition: the summed cross-entropy (nats) of the target tokens divided by
+`ln 2` times the total UTF-8 byte length of those targets. Special tokens (e.g. `<|bos|>`) have
+length 0 and are masked out of the numerator as well, and targets equal to -1 are ignored, so BPB
+does not depend on the vocabulary.
+
+For an LRT model the same validation windows are scored in up to four modes (`bpb_modes`):
+
+- `init`: one causal pass with zero memory (the baseline transformer's only mode);
+- `merged`: the interleaved training estimate (S strided subsets; what training optimises);
+- `refine`: the final pass of multi-refine (K Jacobi passes);
+- `sequential`: exact token-by-token decoding with KV cache and memory (what a user gets).
+
+`merged - sequential` is the train/test gap of the parallel training approximation.
+
+Example:
+    >>> import torch
+    >>> meter = BPBMeter(torch.tensor([0, 1, 2]), seq_len=2, bucket_size=1)
+    >>> meter.update(torch.tensor([[1.0, 2.0]]), torch.tensor([[1, 2]]))
+    >>> round(meter.result().bpb, 4)   # 3 nats / (ln 2 * 3 bytes)
+    1.4427
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""`(idx, targets) -> (B, T)` per-token cross-entropy in nats (any value where targets == -1)."""
+
+LRT_MODES = ("init", "merged", "refine", "sequential")
+
+# -----------------------------------------------------------------------------
+# Accumulation
+
+
+@dataclass
+class BPBResult:
+    """BPB of one mode over all evaluated windows.
+
+    Attributes:
+        bpb: Summed nats / (ln 2 * summed bytes) over counted targets.
+        nats: Summed nats of counted targets.
+        bytes: Summed UTF-8 bytes of counted targets.
+        tokens: Number of counted targets (non-special, not ignored).
+        loss: Mean nats per counted target.
+        bucket_size: Width of the window-position buckets.
+        buckets: BPB per window-position bucket (`[i*bucket_size, (i+1)*bucket_size)`); NaN where
+            a bucket has no counted bytes.
+        position_loss: Mean nats per counted target at each window position (T values).
+        doc_position_loss: Mean nats per token at each position since the start of its document
+            (index 0 = the token right after `<|bos|>`), only for documents that start inside the
+            window; NaN where no token was seen. Feeds the in-context-gain probe.
+    """
+
+    bpb: float
+    nats: float
+    bytes: int
+    tokens: int
+    loss: float
+    bucket_size: int
+    buckets: list[float] = field(default_factory=list)
+    position_loss: list[float] = field(default_factory=list)
+    doc_position_loss: list[float] = field(default_factory=list)
+
+
+class BPBMeter:
+    """Accumulates nats and bytes of (B, T) per-token losses, overall and per position.
+
+    Args:
+        token_bytes: (vocab_size,) UTF-8 byte length of every token id, 0 for special tokens
+            (`Tokenizer.token_byte_lengths()`).
+        seq_len: Window length T (sizes the per-position tables).
+        bucket_size: Width of the window-position buckets.
+        bos_id: Id of `<|bos|>`; when given, losses are also tracked by position inside the
+            document (for the in-context-gain probe).
+    """
+
+    def __init__(
+        self,
+        token_bytes: torch.Tensor | Any,
+        seq_len: int,
+        *,
+        bucket_size: int = 256,
+        bos_id: int | None = None,
+    ) -> None:
+        self.token_bytes = torch.as_tensor(token_bytes, dtype=torch.int64).cpu()
+        self.seq_len = seq_len
+        self.bucket_size = max(1, int(bucket_size))
+        self.bos_id = bos_id
+        self.pos_nats = torch.zeros(seq_len, dtype=torch.float64)  # (T,)
+        self.pos_bytes = torch.zeros(seq_len, dtype=torch.int64)  # (T,)
+        self.pos_tokens = torch.zeros(seq_len, dtype=torch.int64)  # (T,)
+        self.doc_nats = torch.zeros(seq_len, dtype=torch.float64)  # (T,)
+        self.doc_tokens = torch.zeros(seq_len, dtype=torch.int64)  # (T,)
+
+    def update(
+        self, losses: torch.Tensor, targets: torch.Tensor, inputs: torch.Tensor | None = None
+    ) -> None:
+        """Add one batch. `losses` (B, T) nats, `targets` (B, T) ids (-1 = ignored), `inputs`
+        (B, T) ids (only needed for document positions)."""
+        losses = losses.detach().to("cpu", torch.float64)
+        targets = targets.detach().to("cpu", torch.int64)
+        B, T = targets.shape
+        if self.seq_len < T:
+            raise ValueError(
+                f"batch has T={T} positions but the meter was built for {self.seq_len}"
+            )
+        valid = targets >= 0
+        nbytes = torch.where(valid, self.token_bytes[targets.clamp(min=0)], 0)  # (B, T)
+        counted = nbytes > 0
+        # NaN/inf losses at ignored positions must not leak into the sums.
+        nats = torch.where(counted, losses, torch.zeros_like(losses))  # (B, T)
+        self.pos_nats[:T] += nats.sum(0)
+        self.pos_bytes[:T] += nbytes.sum(0)
+        self.pos_tokens[:T] += counted.sum(0)
+        if inputs is not None and self.bos_id is not None:
+            self._update_doc_positions(nats, counted, inputs.detach().to("cpu", torch.int64))
+
+    def _update_doc_positions(
+        self, nats: torch.Tensor, counted: torch.Tensor, inputs: torch.Tensor
+    ) -> None:
+        # Target t is predicted after reading inputs[:t+1]; its document position is the number of
+        # tokens since the latest <|bos|> at or before t. Tokens whose document began before the
+        # window are skipped: the model never saw their start, so their position is unknown.
+        B, T = inputs.shape
+        t = torch.arange(T).expand(B, T)
+        bos_at = torch.where(inputs == self.bos_id, t, torch.full_like(t, -1))
+        last_bos = torch.cummax(bos_at, dim=1).values  # (B, T)
+        known = (last_bos >= 0) & counted
+        doc_pos = (t - last_bos).clamp(min=0)  # (B, T)
+        self.doc_nats.index_add_(0, doc_pos[known], nats[known])
+        self.doc_tokens.index_add_(0, doc_pos[known], torch.ones_like(doc_pos[known]))
+
+    def result(self) -> BPBResult:
+        """Totals and per-position tables so far."""
+        nats = float(self.pos_nats.sum())
+        nbytes = int(self.pos_bytes.sum())
+        tokens = int(self.pos_tokens.sum())
+        buckets = []
+        for lo in range(0, self.seq_len, self.bucket_size):
+            b = int(self.pos_bytes[lo : lo + self.bucket_size].sum())
+            n = float(self.pos_nats[lo : lo + self.bucket_size].sum())
+            buckets.append(n / (math.log(2) * b) if b > 0 else math.nan)
+        pos = torch.where(
+            self.pos_tokens > 0, self.pos_nats / self.pos_tokens.clamp(min=1), math.nan
+        )
+        doc = torch.where(
+            self.doc_tokens > 0, self.doc_nats / self.doc_tokens.clamp(min=1), math.nan
+        )
+        return BPBResult(
+            bpb=nats / (math.log(2) * nbytes) if nbytes > 0 else math.nan,
+            nats=nats,
+            bytes=nbytes,
+            tokens=tokens,
+            loss=nats / tokens if tokens > 0 else math.nan,
+            bucket_size=self.bucket_size,
+            buckets=buckets,
+            position_loss=pos.tolist(),
+            doc_position_loss=doc.tolist(),
+        )
+
+
+# -----------------------------------------------------------------------------
+# Evaluation loop
+
+
+@dataclass
+class BPBEvaluation:
+    """What `evaluate_bpb` returns.
+
+    Attributes:
+        results: Mode -> BPB over every window that mode scored (modes may have different token
+            caps, e.g. the slow sequential mode).
+        common: Mode -> BPB over the windows that every mode scored; compare modes here.
+        common_tokens: Target positions in the common windows.
+    """
+
+    results: dict[str, BPBResult]
+    common: dict[str, BPBResult]
+    common_tokens: int
+
+
+@torch.no_grad()
+def evaluate_bpb(
+    loss_fns: Mapping[str, LossFn],
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    token_bytes: torch.Tensor | Any,
+    *,
+    seq_len: int,
+    bucket_size: int = 256,
+    max_tokens: int | None = None,
+    mode_max_tokens: Mapping[str, int] | None = None,
+    bos_id: int | None = None,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> BPBEvaluation:
+    """Score validation windows under every mode in `loss_fns`.
+
+    Every mode sees the same windows in the same order; a mode with a smaller cap in
+    `mode_max_tokens` stops early, and `common` holds every mode over the windows all of them
+    scored.
+
+    Args:
+        loss_fns: Mode name -> `(idx, targets) -> (B, T)` nats (see `lrt_loss_fns`).
+        batches: (inputs, targets) pairs, e.g. a `pipeline.loader.DataLoader` over split "val"
+            in contiguous mode without shuffling. Moved to `device` and cast to int64 here.
+        token_bytes: (vocab_size,) byte length per token id, 0 for special tokens.
+        seq_len: Window length T.
+        bucket_size: Width of the per-position BPB buckets.
+        max_tokens: Stop after this many target positions (B*T per batch); None = all batches.
+        mode_max_tokens: Lower caps for some modes (a mode takes a whole batch while it has seen
+            fewer tokens than its cap).
+        bos_id: `<|bos|>` id, to also track loss by position inside documents.
+        device: Where the model runs.
+        progress: Show a tqdm progress bar.
+
+    Example:
+        >>> import torch
+        >>> fns = {"init": lambda x, y: torch.ones(y.shape)}
+        >>> batches = [(torch.tensor([[0, 1]]), torch.tensor([[1, 2]]))]
+        >>> evaluate_bpb(fns, batches, torch.tensor([0, 2, 2]), seq_len=2).results["init"].bytes
+        4
+    """
+
+    def meter() -> BPBMeter:
+        return BPBMeter(token_bytes, seq_len, bucket_size=bucket_size, bos_id=bos_id)
+
+    caps = {
+        m: min(max_tokens or math.inf, (mode_max_tokens or {}).get(m, math.inf)) for m in loss_fns
+    }
+    meters = {m: meter() for m in loss_fns}
+    common = {m: meter() for m in loss_fns}
+    seen = dict.fromkeys(loss_fns, 0)
+    common_tokens = 0
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        total = None if max_tokens is None else int(max_tokens)
+        bar = tqdm(total=total, unit="tok", desc="bpb " + "/".join(loss_fns), leave=False)
+    for inputs, targets in batches:
+        active = [m for m in loss_fns if seen[m] < caps[m]]
+        if not active:
+            break
+        x = inputs.to(device, non_blocking=True).long()
+        y = targets.to(device, non_blocking=True).long()
+        everyone = len(active) == len(loss_fns)
+        for m in active:
+            losses = loss_fns[m](x, y)
+            meters[m].update(losses, y, x)
+            if everyone:
+                common[m].update(losses, y, x)
+            seen[m] += y.numel()
+        if everyone:
+            common_tokens += y.numel()
+        if bar is not None:
+            bar.update(y.numel())
+    if bar is not None:
+        bar.close()
+    return BPBEvaluation(
+        results={m: r.result() for m, r in meters.items()},
+        common={m: r.result() for m, r in common.items()},
+        common_tokens=common_tokens,
+    )
+
+
+# -----------------------------------------------------------------------------
+# LRT adapters
+
+
+def supported_modes(model: Any) -> tuple[str, ...]:
+    """BPB modes that differ for `model`: ("init",) for a baseline, all of `LRT_MODES` for an
+    LRT (a model without a pathway gives the same losses in every mode)."""
+    config = getattr(model, "config", None)
+    if config is not None and getattr(config, "has_pathway", False):
+        return LRT_MODES
+    return ("init",)
+
+
+def lrt_loss_fns(
+    model: Any, modes: Iterable[str] | None = None, strategy: Any = None
+) -> dict[str, LossFn]:
+    """Per-mode loss functions of an `lrt.LRT` model (`model.token_losses`).
+
+    Args:
+        model: An `lrt.LRT` in eval mode.
+        modes: Modes of `model.token_losses` ("init", "merged", "refine", "chunked",
+            "sequential"); None = `supported_modes(model)`.
+        strategy: The `lrt.StrategyConfig` the model was trained with: it sets S of "merged",
+            K of "refine" and C of "chunked". None = `StrategyConfig()` defaults.
+    """
+
+    def make(mode: str) -> LossFn:
+        def fn(idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+            return model.token_losses(idx, targets, mode=mode, strategy=strategy)
+
+        return fn
+
+    return {m: make(m) for m in (modes if modes is not None else supported_modes(model))}
+
+
+def _bucket_labels(r: BPBResult) -> dict[str, float]:
+    out = {}
+    for i, v in enumerate(r.buckets):
+        if not math.isnan(v):
+            out[f"{i * r.bucket_size}-{(i + 1) * r.bucket_size - 1}"] = v
+    return out
+
+
+def bpb_metrics(ev: BPBEvaluation, *, alias_modes: Iterable[str] = ()) -> dict[str, Any]:
+    """Metrics: `bpb.<mode>`, `val_bpb`, `val_loss`, `bpb_gap.<mode>`, `bpb_buckets.<mode>`.
+
+    `val_bpb` is the decoding-time number: "sequential" when scored, else "init". `bpb_gap.<m>`
+    = BPB of mode m minus sequential BPB over the common windows (`bpb_gap.merged` is the
+    train/test gap of interleaved training; `bpb_gap.init` the gain from the memory).
+    `alias_modes` are reported with the "init" value: for a model without a pathway every mode
+    computes the same function (an identity `lrt` tests), so they are not recomputed.
+    """
+    results = dict(ev.results)
+    for m in alias_modes:
+        if m not in results and "init" in results:
+            results[m] = results["init"]
+    headline = results.get("sequential") or results.get("init") or next(iter(results.values()))
+    out: dict[str, Any] = {
+        "bpb": {m: r.bpb for m, r in results.items()},
+        "val_bpb": headline.bpb,
+        "val_loss": headline.loss,
+        "val_tokens": headline.tokens,
+    }
+    if "sequential" in ev.common:
+        seq = ev.common["sequential"].bpb
+        out["bpb_gap"] = {m: r.bpb - seq for m, r in ev.common.items() if m != "sequential"}
+    out["bpb_buckets"] = {m: _bucket_labels(r) for m, r in results.items()}
+    return out

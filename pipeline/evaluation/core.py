@@ -1,0 +1,538 @@
+"""The CORE metric (DCLM's in-context-learning suite, as nanochat reports it).
+
+Three task types, all scored from one causal forward over `<|bos|> prompt`:
+
+- `multiple_choice` (`query`, `choices`, `gold`): one prompt per choice that differs only in the
+  continuation; the prediction is the choice with the lowest mean loss over its continuation
+  tokens (those after the options' common token prefix).
+- `schema` (`context_options`, `continuation`, `gold`): one prompt per context option with the
+  same continuation; the prediction is the option under which the shared continuation (the
+  options' common token suffix) has the lowest mean loss.
+- `language_modeling` (`context`, `continuation`): correct only if the greedy argmax at every
+  continuation position reproduces the continuation token.
+
+Few-shot examples are other items of the same file, drawn per item with `random.Random(seed +
+index)` and joined to the prompt with a blank line. Accuracy is centred against the task's random
+baseline, `(acc - rb/100) / (1 - rb/100)`, and CORE is the mean centred accuracy over tasks.
+
+The model is seen only through a `LossesAndArgmax` callable, so tests plug in fake models with
+known per-token losses; `lrt_scorer` adapts an `lrt.LRT` in either memory mode ("init" = zero
+memory, "sequential" = exact recurrent decoding).
+
+Example:
+    >>> tasks = load_tasks("../shared/data/core")            # doctest: +SKIP
+    >>> res = evaluate_core(tasks, lrt_scorer(model), tok)    # doctest: +SKIP
+    >>> res["init"].core                                      # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import random
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import torch
+
+TaskType = Literal["multiple_choice", "schema", "language_modeling"]
+TASK_TYPES = ("multiple_choice", "schema", "language_modeling")
+
+SHUFFLE_SEED = 1337  # nanochat shuffles each file once, so `max_items` takes a fair sample
+FEWSHOT_SEED = 1234  # per-item few-shot draw: random.Random(FEWSHOT_SEED + item index)
+
+# -----------------------------------------------------------------------------
+# Task table
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One CORE task.
+
+    Attributes:
+        name: Label in metrics (CORE's label, e.g. "winograd").
+        file: Path of the JSONL file (absolute, or relative to the bundle folder).
+        type: "multiple_choice", "schema" or "language_modeling".
+        shots: Number of few-shot examples per prompt.
+        random_baseline: Accuracy of random guessing, in percent (as eval_meta_data.csv).
+        delimiter: Text between context and continuation.
+    """
+
+    name: str
+    file: str
+    type: TaskType
+    shots: int = 0
+    random_baseline: float = 0.0
+    delimiter: str = " "
+
+    def __post_init__(self) -> None:
+        if self.type not in TASK_TYPES:
+            raise ValueError(
+                f"task {self.name!r}: type must be one of {TASK_TYPES}, got {self.type!r}"
+            )
+        if self.shots < 0 or not 0.0 <= self.random_baseline < 100.0:
+            raise ValueError(
+                f"task {self.name!r}: bad shots={self.shots} or random_baseline={self.random_baseline}"
+            )
+
+
+# The subset of CORE shipped in ../shared/data/core (see its README for the authoritative table).
+DEFAULT_TASKS: tuple[TaskSpec, ...] = (
+    TaskSpec("copa", "copa.jsonl", "multiple_choice", 0, 50.0, " "),
+    TaskSpec("piqa", "piqa.jsonl", "multiple_choice", 10, 50.0, "\nAnswer: "),
+    TaskSpec("arc_easy", "arc_easy.jsonl", "multiple_choice", 10, 25.0, "\nAnswer: "),
+    TaskSpec("winograd", "winograd_wsc.jsonl", "schema", 0, 50.0, " "),
+    TaskSpec("lambada_openai", "lambada_openai_small.jsonl", "language_modeling", 0, 0.0, " "),
+    TaskSpec("jeopardy", "jeopardy_small.jsonl", "language_modeling", 10, 0.0, "\nAnswer: "),
+    TaskSpec("bigbench_operators", "bigbench_operators.jsonl", "language_modeling", 10, 0.0, " "),
+    TaskSpec(
+        "bigbench_repeat_copy_logic",
+        "bigbench_repeat_copy_logic.jsonl",
+        "language_modeling",
+        10,
+        0.0,
+        " ",
+    ),
+    TaskSpec(
+        "bigbench_dyck_languages",
+        "bigbench_dyck_languages.jsonl",
+        "language_modeling",
+        10,
+        0.0,
+        " ",
+    ),
+)
+
+
+def task_from_dict(d: Mapping[str, Any]) -> TaskSpec:
+    """Build a `TaskSpec` from a user mapping (project keys or nanochat/llm-foundry keys).
+
+    Accepts `name|label`, `file|dataset_uri`, `type|icl_task_type`, `shots|num_fewshot` (an int
+    or a list, first element used), `random_baseline`, `delimiter|continuation_delimiter`.
+    """
+    shots = d.get("shots", d.get("num_fewshot", 0))
+    if isinstance(shots, list | tuple):
+        shots = shots[0] if shots else 0
+    name = d.get("name", d.get("label"))
+    file = d.get("file", d.get("dataset_uri"))
+    if name is None or file is None:
+        raise ValueError(
+            f"CORE task entry {dict(d)} needs a name (or label) and a file (or dataset_uri)"
+        )
+    return TaskSpec(
+        name=str(name),
+        file=str(file),
+        type=d.get("type", d.get("icl_task_type", "multiple_choice")),
+        shots=int(shots),
+        random_baseline=float(d.get("random_baseline", 0.0)),
+        delimiter=str(d.get("delimiter", d.get("continuation_delimiter", " "))),
+    )
+
+
+def load_tasks(
+    folder: str | Path, extra: Iterable[Mapping[str, Any] | TaskSpec] = ()
+) -> list[TaskSpec]:
+    """Task table for a bundle folder, with file paths resolved and missing files dropped.
+
+    Layouts, checked in this order:
+
+    1. nanochat's eval_bundle: `core.yaml` (`icl_tasks`: label, icl_task_type, dataset_uri,
+       num_fewshot, continuation_delimiter), `eval_meta_data.csv` (`Eval Task`, `Random
+       baseline` in percent) and the files under `eval_data/`.
+    2. a flat folder with `core_tasks.yaml`: a list of task mappings (see `task_from_dict`).
+    3. a flat folder of JSONL files: `DEFAULT_TASKS`, keeping those whose file is present.
+
+    `extra` entries (e.g. the `eval.core_tasks` setting) are added last; one with the same name
+    replaces the bundle's. Their relative files resolve against the folder too.
+    """
+    import yaml
+
+    root = Path(folder)
+    tasks: dict[str, TaskSpec] = {}
+    if (root / "core.yaml").is_file():
+        config = yaml.safe_load((root / "core.yaml").read_text(encoding="utf-8")) or {}
+        baselines: dict[str, float] = {}
+        meta = root / "eval_meta_data.csv"
+        if meta.is_file():
+            with meta.open(encoding="utf-8", newline="") as f:
+                for row in csv.DictReader(f):
+                    baselines[row["Eval Task"]] = float(row["Random baseline"])
+        for entry in config.get("icl_tasks", []):
+            spec = task_from_dict(entry)
+            rb = baselines.get(spec.name, entry.get("random_baseline", 0.0))
+            tasks[spec.name] = replace(
+                spec, file=str(root / "eval_data" / spec.file), random_baseline=float(rb)
+            )
+    elif (root / "core_tasks.yaml").is_file():
+        entries = yaml.safe_load((root / "core_tasks.yaml").read_text(encoding="utf-8")) or []
+        if isinstance(entries, Mapping):
+            entries = entries.get("tasks", [])
+        for entry in entries:
+            spec = task_from_dict(entry)
+            tasks[spec.name] = replace(spec, file=str(root / spec.file))
+    else:
+        for spec in DEFAULT_TASKS:
+            tasks[spec.name] = replace(spec, file=str(root / spec.file))
+    for entry in extra:
+        spec = entry if isinstance(entry, TaskSpec) else task_from_dict(entry)
+        path = Path(spec.file)
+        tasks[spec.name] = replace(spec, file=str(path if path.is_absolute() else root / path))
+    return [t for t in tasks.values() if Path(t.file).is_file()]
+
+
+def load_items(spec: TaskSpec, *, shuffle_seed: int | None = SHUFFLE_SEED) -> list[dict[str, Any]]:
+    """Items of a task's JSONL file, shuffled once with `shuffle_seed` (None keeps file order)."""
+    with open(spec.file, encoding="utf-8") as f:
+        items = [json.loads(line) for line in f if line.strip()]
+    if shuffle_seed is not None:
+        random.Random(shuffle_seed).shuffle(items)
+    return items
+
+
+# -----------------------------------------------------------------------------
+# Prompt rendering (the rules of DCLM / nanochat, written out with plain strings)
+
+
+def _fewshot_block(lines: list[str]) -> str:
+    return "".join(line + "\n\n" for line in lines)
+
+
+def render_prompts(
+    item: Mapping[str, Any], spec: TaskSpec, fewshot: Sequence[Mapping[str, Any]] = ()
+) -> list[str]:
+    """Full prompt texts of one item (no BOS).
+
+    multiple_choice: one per choice. schema: one per context option. language_modeling: two,
+    the prompt without and with the continuation.
+    """
+    d = spec.delimiter
+    if spec.type == "multiple_choice":
+        shots = [f"{ex['query']}{d}{ex['choices'][ex['gold']]}" for ex in fewshot]
+        head = _fewshot_block(shots) + f"{item['query']}{d}"
+        return [head + str(choice) for choice in item["choices"]]
+    if spec.type == "schema":
+        shots = [f"{ex['context_options'][ex['gold']]}{d}{ex['continuation']}" for ex in fewshot]
+        head = _fewshot_block(shots)
+        return [head + f"{ctx}{d}{item['continuation']}" for ctx in item["context_options"]]
+    # language_modeling: contexts are trimmed (some files carry trailing whitespace); the prompt
+    # without the continuation is stripped so it stays a clean token prefix of the full one.
+    shots = [f"{ex['context'].strip()}{d}{ex['continuation']}" for ex in fewshot]
+    head = _fewshot_block(shots) + f"{item['context'].strip()}{d}"
+    return [head.strip(), head + str(item["continuation"])]
+
+
+def common_length(seqs: Sequence[Sequence[int]], *, suffix: bool = False) -> int:
+    """Length of the common token prefix (or suffix) of all sequences."""
+    n = min(len(s) for s in seqs)
+    for i in range(n):
+        j = -1 - i if suffix else i
+        if any(s[j] != seqs[0][j] for s in seqs[1:]):
+            return i
+    return n
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One token sequence to score; targets are `tokens[start:end]`."""
+
+    item: int
+    option: int
+    tokens: tuple[int, ...]
+    start: int
+    end: int
+
+
+def encode_item(
+    item: Mapping[str, Any],
+    spec: TaskSpec,
+    fewshot: Sequence[Mapping[str, Any]],
+    encode: Callable[[str], list[int]],
+    bos_id: int,
+    *,
+    index: int = 0,
+    max_len: int | None = None,
+) -> list[Scored]:
+    """Token sequences (with BOS) and scored spans of one item, left-truncated to `max_len`."""
+    prompts = render_prompts(item, spec, fewshot)
+    toks = [[bos_id, *encode(p)] for p in prompts]
+    if spec.type == "multiple_choice":
+        start = common_length(toks)
+        spans = [(t, start, len(t)) for t in toks]
+    elif spec.type == "schema":
+        n = common_length(toks, suffix=True)
+        spans = [(t, len(t) - n, len(t)) for t in toks]
+    else:
+        without, with_ = toks
+        # Normally `without` is a token prefix of `with_`; when a tokenizer merges across the
+        # boundary, the continuation starts where the two first differ.
+        spans = [(with_, min(len(without), common_length(toks)), len(with_))]
+    out = []
+    for option, (t, s, e) in enumerate(spans):
+        s = max(s, 1)  # position 0 (BOS) is never a target; an empty span scores NaN
+        if max_len is not None and len(t) > max_len:
+            crop = len(t) - max_len
+            t, s, e = t[crop:], max(s - crop, 1), e - crop
+        out.append(Scored(index, option, tuple(t), s, e))
+    return out
+
+
+def fewshot_indices(index: int, n_items: int, shots: int, seed: int = FEWSHOT_SEED) -> list[int]:
+    """Few-shot item indices for item `index`: `shots` others, drawn with `Random(seed + index)`."""
+    if shots <= 0:
+        return []
+    pool = [i for i in range(n_items) if i != index]
+    return random.Random(seed + index).sample(pool, min(shots, len(pool)))
+
+
+# -----------------------------------------------------------------------------
+# Model protocol
+
+
+class LossesAndArgmax(Protocol):
+    """`(tokens (B, L) int64, mode) -> (losses (B, L), argmax (B, L))`.
+
+    `losses[b, i]` is the cross-entropy (nats) of `tokens[b, i+1]` given `tokens[b, :i+1]` and
+    `argmax[b, i]` the most likely next token there; the last column is unused. Padding sits on
+    the right, so a causal model's scores at real positions do not depend on it.
+    """
+
+    def __call__(self, tokens: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+def lrt_scorer(model: Any, *, device: torch.device | str | None = None) -> LossesAndArgmax:
+    """`LossesAndArgmax` over `model.logits(idx, mode=...)` (modes "init" and "sequential")."""
+    dev = device if device is not None else next(model.parameters()).device
+
+    @torch.no_grad()
+    def score(tokens: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = tokens.to(dev)
+        logits = model.logits(idx, mode=mode).float()  # (B, L, V)
+        B, L, V = logits.shape
+        losses = torch.full((B, L), math.nan, device=logits.device)
+        losses[:, :-1] = torch.nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, V), idx[:, 1:].reshape(-1), reduction="none"
+        ).view(B, L - 1)
+        return losses.cpu(), logits.argmax(-1).cpu()
+
+    return score
+
+
+# -----------------------------------------------------------------------------
+# Evaluation
+
+
+@dataclass
+class TaskResult:
+    """Score of one task in one mode.
+
+    Attributes:
+        name: Task label.
+        accuracy: Fraction of items answered correctly.
+        centered: `(accuracy - rb/100) / (1 - rb/100)`.
+        n: Number of items scored.
+        correct: Per-item correctness, in evaluation order (after shuffling).
+        mean_loss: Mean over items of the gold continuation's mean loss (nats per token); for
+            language modelling the continuation's mean loss.
+    """
+
+    name: str
+    accuracy: float
+    centered: float
+    n: int
+    correct: list[bool] = field(default_factory=list, repr=False)
+    mean_loss: float = math.nan
+
+
+@dataclass
+class CoreResult:
+    """CORE in one mode: mean centred accuracy over `tasks`."""
+
+    mode: str
+    core: float
+    tasks: dict[str, TaskResult]
+
+
+def centered_accuracy(accuracy: float, random_baseline: float) -> float:
+    """`(acc - rb/100) / (1 - rb/100)`; `random_baseline` in percent.
+
+    >>> centered_accuracy(0.75, 50.0)
+    0.5
+    """
+    rb = random_baseline / 100.0
+    return (accuracy - rb) / (1.0 - rb)
+
+
+def _run_batches(
+    seqs: Sequence[Scored],
+    scorer: LossesAndArgmax,
+    mode: str,
+    batch_size: int,
+    pad_id: int,
+    bar: Any = None,
+) -> tuple[list[float], list[bool]]:
+    """Mean continuation loss and exact greedy match of every sequence."""
+    mean_loss = [math.nan] * len(seqs)
+    exact = [False] * len(seqs)
+    # Longest first: similar lengths share a batch (less padding), and OOM shows up at once.
+    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i].tokens))
+    for lo in range(0, len(order), batch_size):
+        chunk = order[lo : lo + batch_size]
+        L = max(len(seqs[i].tokens) for i in chunk)
+        batch = torch.full((len(chunk), L), pad_id, dtype=torch.long)
+        for r, i in enumerate(chunk):
+            batch[r, : len(seqs[i].tokens)] = torch.tensor(seqs[i].tokens, dtype=torch.long)
+        losses, argmax = scorer(batch, mode)
+        losses, argmax = losses.float().cpu(), argmax.cpu()
+        for r, i in enumerate(chunk):
+            s, e = seqs[i].start, seqs[i].end
+            mean_loss[i] = float(losses[r, s - 1 : e - 1].mean())
+            exact[i] = bool(torch.equal(argmax[r, s - 1 : e - 1], batch[r, s:e]))
+        if bar is not None:
+            bar.update(len(chunk))
+    return mean_loss, exact
+
+
+def evaluate_task(
+    spec: TaskSpec,
+    items: Sequence[Mapping[str, Any]],
+    scorer: LossesAndArgmax,
+    encode: Callable[[str], list[int]],
+    bos_id: int,
+    *,
+    modes: Sequence[str] = ("init",),
+    batch_size: int = 32,
+    max_len: int | None = None,
+    max_items: int | None = None,
+    fewshot_seed: int = FEWSHOT_SEED,
+    progress: bool = False,
+) -> dict[str, TaskResult]:
+    """Score one task in each mode; the prompts are encoded once and shared by the modes.
+
+    Args:
+        spec: The task.
+        items: Its items (already shuffled, see `load_items`); few-shot examples come from all
+            of them, the scored items are the first `max_items`.
+        scorer: The model (see `LossesAndArgmax`).
+        encode: Text -> token ids, without BOS (e.g. `tokenizer.encode`).
+        bos_id: `<|bos|>` id: prepended to every prompt, and used as padding.
+        modes: Memory modes passed to `scorer`.
+        batch_size: Sequences per forward (options of one item may span batches; the result
+            does not depend on it).
+        max_len: Model context; longer prompts lose tokens on the left.
+        max_items: Score only this many items (None or <= 0: all).
+        fewshot_seed: Base seed of the per-item few-shot draw.
+        progress: Show a tqdm progress bar.
+    """
+    n = len(items) if not max_items or max_items <= 0 else min(max_items, len(items))
+    seqs: list[Scored] = []
+    for i in range(n):
+        shots = [items[j] for j in fewshot_indices(i, len(items), spec.shots, fewshot_seed)]
+        seqs.extend(encode_item(items[i], spec, shots, encode, bos_id, index=i, max_len=max_len))
+    results = {}
+    for mode in modes:
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(seqs), desc=f"core {spec.name} [{mode}]", unit="seq", leave=False)
+        mean_loss, exact = _run_batches(seqs, scorer, mode, batch_size, bos_id, bar)
+        if bar is not None:
+            bar.close()
+        correct = [False] * n
+        gold_loss = [math.nan] * n
+        if spec.type == "language_modeling":
+            for k, sq in enumerate(seqs):
+                correct[sq.item], gold_loss[sq.item] = exact[k], mean_loss[k]
+        else:
+            per_item: dict[int, dict[int, float]] = {}
+            for k, sq in enumerate(seqs):
+                per_item.setdefault(sq.item, {})[sq.option] = mean_loss[k]
+            for i, opts in per_item.items():
+                scores = [opts[o] for o in sorted(opts)]
+                # NaN (an empty span) never wins; ties go to the first option, as list.index(min).
+                clean = [s if not math.isnan(s) else math.inf for s in scores]
+                pred = clean.index(min(clean))
+                gold = int(items[i]["gold"])
+                correct[i] = pred == gold
+                gold_loss[i] = scores[gold] if gold < len(scores) else math.nan
+        acc = sum(correct) / n if n else math.nan
+        finite = [x for x in gold_loss if not math.isnan(x)]
+        results[mode] = TaskResult(
+            name=spec.name,
+            accuracy=acc,
+            centered=centered_accuracy(acc, spec.random_baseline),
+            n=n,
+            correct=correct,
+            mean_loss=sum(finite) / len(finite) if finite else math.nan,
+        )
+    return results
+
+
+def evaluate_core(
+    tasks: Sequence[TaskSpec],
+    scorer: LossesAndArgmax,
+    tokenizer: Any,
+    *,
+    modes: Sequence[str] = ("init",),
+    batch_size: int = 32,
+    max_len: int | None = None,
+    max_items: int | None = None,
+    shuffle_seed: int | None = SHUFFLE_SEED,
+    fewshot_seed: int = FEWSHOT_SEED,
+    progress: bool = True,
+) -> dict[str, CoreResult]:
+    """CORE of a model in each memory mode.
+
+    Args:
+        tasks: Task table (see `load_tasks`).
+        scorer: The model (see `LossesAndArgmax`, `lrt_scorer`).
+        tokenizer: Anything with `encode(text) -> list[int]` and `bos_id`.
+        modes: Memory modes; for an LRT "init" (zero memory) and "sequential" (recurrent).
+        batch_size, max_len, max_items, fewshot_seed, progress: see `evaluate_task`.
+        shuffle_seed: Seed of the one-time shuffle of each file (None keeps file order).
+
+    Returns:
+        Mode -> `CoreResult`; `core` is the mean centred accuracy over the tasks.
+    """
+    per_mode: dict[str, dict[str, TaskResult]] = {m: {} for m in modes}
+    for spec in tasks:
+        items = load_items(spec, shuffle_seed=shuffle_seed)
+        if not items:
+            continue
+        res = evaluate_task(
+            spec,
+            items,
+            scorer,
+            tokenizer.encode,
+            tokenizer.bos_id,
+            modes=modes,
+            batch_size=batch_size,
+            max_len=max_len,
+            max_items=max_items,
+            fewshot_seed=fewshot_seed,
+            progress=progress,
+        )
+        for mode, r in res.items():
+            per_mode[mode][spec.name] = r
+    out = {}
+    for mode, task_results in per_mode.items():
+        vals = [r.centered for r in task_results.values()]
+        out[mode] = CoreResult(mode, sum(vals) / len(vals) if vals else math.nan, task_results)
+    return out
+
+
+def core_metrics(results: Mapping[str, CoreResult]) -> dict[str, Any]:
+    """Metrics dict: `core.<mode>` and `core_tasks.<mode>.<task>.{acc,centered}`."""
+    return {
+        "core": {m: r.core for m, r in results.items()},
+        "core_tasks": {
+            m: {
+                name: {"acc": t.accuracy, "centered": t.centered, "n": t.n}
+                for name, t in r.tasks.items()
+            }
+            for m, r in results.items()
+        },
+    }

@@ -1,0 +1,305 @@
+"""Evaluate one trained variant: BPB in every mode, CORE, ICL probes and samples (stage `eval`).
+
+    >>> from pipeline.settings import load_settings
+    >>> metrics = evaluate_variant(load_settings(), "lrt")     # doctest: +SKIP
+
+Reads `{train.out_dir}/{variant}/model.pt` and the shards + tokenizer in `tokenizer.out_dir`;
+writes into `{train.out_dir}/{variant}/`:
+
+    metrics.json       headline numbers for `dvc metrics show`, MLflow and the report
+    eval_details.json  per-task CORE, ICL accuracy per number of examples, per-position losses
+    samples.json       generations from `eval.samples_prompts`
+
+A baseline (no pathway) computes one function in every mode (an identity `lrt` tests), so only
+"init" is computed and the other requested modes repeat its value.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.evaluation.bpb import bpb_metrics, evaluate_bpb, lrt_loss_fns, supported_modes
+from pipeline.evaluation.core import core_metrics, evaluate_core, load_tasks, lrt_scorer
+from pipeline.evaluation.icl import evaluate_synthetic, in_context_gain
+from pipeline.evaluation.samples import generate_samples, write_samples
+
+log = logging.getLogger(__name__)
+
+CORE_MODES_LRT = ("init", "sequential")  # zero memory vs recurrent memory
+
+
+def load_tokenizer(data_dir: str | Path) -> Any:
+    """The tokenizer saved next to the shards (`tokenizer*` in `data_dir`)."""
+    from pipeline.tokenizer import Tokenizer
+
+    candidates = sorted(p for p in Path(data_dir).glob("tokenizer*") if p.is_file())
+    if not candidates:
+        raise FileNotFoundError(
+            f"no tokenizer file (tokenizer*) in {data_dir}; run `lrt-pipeline tokenize` first"
+        )
+    return Tokenizer.load(candidates[0])
+
+
+def _device(setting: str) -> torch.device:
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(setting)
+
+
+def _finite(x: Any) -> Any:
+    """JSON-safe: NaN/inf -> None, recursively."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, Mapping):
+        return {str(k): _finite(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_finite(v) for v in x]
+    return x
+
+
+def _write_json(path: Path, obj: Any) -> Path:
+    from pipeline.checkpoint import atomic_write_text
+
+    return atomic_write_text(path, json.dumps(_finite(obj), indent=2) + "\n")
+
+
+def evaluate_model(
+    model: Any,
+    tokenizer: Any,
+    eval_settings: Any,
+    *,
+    data_dir: str | Path | None = None,
+    val_batches: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
+    strategy: Any = None,
+    batch_size: int = 16,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
+    """Run every evaluation on a loaded model.
+
+    Args:
+        model: An `lrt.LRT` in eval mode on `device`.
+        tokenizer: `pipeline.tokenizer.Tokenizer` of the shards.
+        eval_settings: The `eval` settings section.
+        data_dir: Folder of the packed shards (its val split is scored).
+        val_batches: (inputs, targets) batches to score instead of reading `data_dir`.
+        strategy: The model's training `lrt.StrategyConfig` (S, K of "merged"/"refine").
+        batch_size: Sequences per forward.
+        device: Where the model runs.
+        progress: Show progress bars.
+
+    Returns:
+        (metrics, details, samples).
+    """
+    ev = eval_settings
+    cfg = model.config
+    seq_len = cfg.seq_len
+    lrt_modes = supported_modes(model)
+    requested = list(ev.modes)
+    modes = [m for m in requested if m in lrt_modes] or ["init"]
+    if "init" not in modes:
+        modes.insert(0, "init")
+    if "sequential" in modes and "merged" in lrt_modes and "merged" not in modes:
+        modes.append("merged")  # cheap (S+1 passes) and needed for the train/test gap
+    metrics: dict[str, Any] = {}
+    details: dict[str, Any] = {"modes_computed": modes}
+    timings: dict[str, float] = {}
+
+    # -- BPB ------------------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    if val_batches is None:
+        from pipeline.loader import DataLoader
+
+        if data_dir is None:
+            raise ValueError("evaluate_model needs data_dir or val_batches")
+        val_batches = DataLoader(
+            data_dir,
+            "val",
+            batch_size,
+            seq_len,
+            mode="contiguous",
+            shuffle=False,
+            epochs=1,
+            tokenizer_hash=getattr(tokenizer, "hash", None),
+        )
+    bpb = evaluate_bpb(
+        lrt_loss_fns(model, modes, strategy),
+        val_batches,
+        tokenizer.token_byte_lengths(),
+        seq_len=seq_len,
+        bucket_size=ev.bucket_size,
+        max_tokens=ev.bpb_max_tokens,
+        mode_max_tokens={"sequential": ev.sequential_max_tokens},
+        bos_id=tokenizer.bos_id,
+        device=device,
+        progress=progress,
+    )
+    metrics.update(bpb_metrics(bpb, alias_modes=[m for m in requested if m not in modes]))
+    metrics["icl_gain"] = {m: in_context_gain(r.doc_position_loss) for m, r in bpb.results.items()}
+    details["bpb"] = {
+        m: {
+            "bpb": r.bpb,
+            "loss": r.loss,
+            "nats": r.nats,
+            "bytes": r.bytes,
+            "tokens": r.tokens,
+            "bucket_size": r.bucket_size,
+            "buckets": r.buckets,
+            "position_loss": r.position_loss,
+            "doc_position_loss": r.doc_position_loss,
+        }
+        for m, r in bpb.results.items()
+    }
+    details["bpb_common"] = {
+        "tokens": bpb.common_tokens,
+        "bpb": {m: r.bpb for m, r in bpb.common.items()},
+    }
+    timings["bpb"] = time.perf_counter() - t0
+
+    # -- CORE -----------------------------------------------------------------------------------
+    scorer = lrt_scorer(model, device=device)
+    score_modes = CORE_MODES_LRT if cfg.has_pathway else ("init",)
+    core_dir = Path(ev.core_dir)
+    tasks = load_tasks(core_dir) if core_dir.is_dir() else []
+    if tasks:
+        t0 = time.perf_counter()
+        core = evaluate_core(
+            tasks,
+            scorer,
+            tokenizer,
+            modes=score_modes,
+            batch_size=batch_size,
+            max_len=seq_len,
+            max_items=ev.core_max_items,
+            progress=progress,
+        )
+        cm = core_metrics(core)
+        metrics["core"] = cm["core"]
+        details["core_tasks"] = cm["core_tasks"]
+        details["core_table"] = [
+            {"name": t.name, "type": t.type, "shots": t.shots, "random_baseline": t.random_baseline}
+            for t in tasks
+        ]
+        timings["core"] = time.perf_counter() - t0
+    else:
+        log.warning("CORE skipped: no task files in %s (eval.core_dir)", core_dir)
+        details["core_skipped"] = f"no task files in {core_dir}"
+
+    # -- ICL synthetic tasks --------------------------------------------------------------------
+    if ev.icl_enabled:
+        t0 = time.perf_counter()
+        syn = evaluate_synthetic(
+            scorer,
+            tokenizer.encode,
+            tokenizer.bos_id,
+            modes=score_modes,
+            n_items=ev.icl_max_items,
+            seed=ev.seed,
+            batch_size=batch_size,
+            max_len=seq_len,
+        )
+        details["icl"] = {
+            m: {task: {str(n): v for n, v in per_n.items()} for task, per_n in tasks_.items()}
+            for m, tasks_ in syn.items()
+        }
+        # headline: accuracy averaged over the numbers of examples
+        metrics["icl_acc"] = {
+            m: {
+                task: sum(v["acc"] for v in per_n.values()) / len(per_n)
+                for task, per_n in tasks_.items()
+            }
+            for m, tasks_ in syn.items()
+        }
+        timings["icl"] = time.perf_counter() - t0
+
+    if not cfg.has_pathway and "sequential" in requested:
+        # No pathway: the recurrent scores are the zero-memory ones (see the module docstring).
+        for key in ("core", "icl_gain", "icl_acc"):
+            if "init" in metrics.get(key, {}):
+                metrics[key]["sequential"] = metrics[key]["init"]
+
+    # -- samples --------------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    samples = generate_samples(
+        model,
+        tokenizer,
+        list(ev.samples_prompts),
+        max_new_tokens=ev.max_new_tokens,
+        temperature=ev.temperature,
+        seed=ev.seed,
+    )
+    timings["samples"] = time.perf_counter() - t0
+    details["seconds"] = timings
+    return metrics, details, samples
+
+
+def evaluate_variant(settings: Any, variant: str, *, tracker: Any = None) -> dict[str, Any]:
+    """Evaluate `{train.out_dir}/{variant}/model.pt` and write metrics.json, eval_details.json
+    and samples.json next to it.
+
+    Args:
+        settings: `pipeline.settings.Settings`.
+        variant: Run folder name (normally a key of `train.variants`).
+        tracker: None (no MLflow), a `pipeline.tracking.Tracker` (opens the `eval/<variant>`
+            child run unless one is active), or an object with `log_metrics` / `log_artifact`
+            (e.g. the `pipeline.tracking` module, logging to the active run).
+
+    Returns:
+        The metrics written to metrics.json.
+
+    Raises:
+        FileNotFoundError: no model.pt (train the variant first) or no tokenizer.
+    """
+    run_dir = Path(settings.train.out_dir) / variant
+    model_path = run_dir / "model.pt"
+    if not model_path.is_file():
+        raise FileNotFoundError(
+            f"{model_path} does not exist; train it first (`lrt-pipeline train --variant {variant}`)"
+        )
+
+    def run(logger: Any) -> dict[str, Any]:
+        from pipeline.checkpoint import load_model
+
+        device = _device(settings.train.device)
+        model, strategy, state = load_model(model_path, device=device)
+        data_dir = Path(settings.tokenizer.out_dir)
+        tokenizer = load_tokenizer(data_dir)
+        metrics, details, samples = evaluate_model(
+            model,
+            tokenizer,
+            settings.eval,
+            data_dir=data_dir,
+            strategy=strategy,
+            batch_size=settings.train.device_batch_size,
+            device=device,
+        )
+        metrics = {"step": int(state.get("step", 0)), **metrics}
+        paths = [
+            _write_json(run_dir / "metrics.json", metrics),
+            _write_json(run_dir / "eval_details.json", {"variant": variant, **details}),
+            write_samples(run_dir / "samples.json", samples),
+        ]
+        if logger is not None:
+            logger.log_metrics(_finite(metrics))
+            for p in paths:
+                logger.log_artifact(p)
+        return metrics
+
+    if tracker is None:
+        return run(None)
+    from pipeline import tracking
+
+    if isinstance(tracker, tracking.Tracker):
+        if tracking.active_run_id() is None:
+            with tracker.stage("eval", variant=variant):
+                return run(tracking)
+        return run(tracking)
+    return run(tracker)

@@ -1,0 +1,830 @@
+"""Report stage: `reports/report.md` + a self-contained `reports/report.html` from metrics files.
+
+Reads only files other stages wrote (never a model): every `runs/<variant>/train_log.csv` (and
+`val_log.csv`, `train_metrics.json`) from training, `metrics.json` from evaluation (BPB per mode,
+per-position buckets, CORE, ICL), the tokenizer stats `data/tokens/stats.json`, and optional sweep
+results. Any missing input becomes a "not available" line instead of an error. Plots are matplotlib
+(Agg) PNGs, inlined as base64 in the HTML and written to `reports/figures/` for the Markdown.
+
+    >>> from pipeline.report import render_report
+    >>> render_report("runs", "reports", tokens_stats="data/tokens/stats.json")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import datetime as _dt
+import html
+import io
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.checkpoint import atomic_write_bytes, atomic_write_text
+
+NA = "not available"
+NOT_REACHED = "not reached"
+# Modes the evaluation stage may report, in display order; unknown modes are appended.
+MODE_ORDER = ("init", "merged", "refine", "sequential")
+PALETTE = ["#1f4e79", "#c0392b", "#2e8b57", "#8e44ad", "#d68910", "#17a589", "#7f8c8d", "#e67e22"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+
+
+@dataclass
+class RunData:
+    """Everything the report knows about one variant (any field may be missing)."""
+
+    name: str
+    log: dict[str, np.ndarray] | None = None  # train_log.csv columns (NaN where empty)
+    val: dict[str, np.ndarray] | None = None  # val_log.csv columns, or val rows of the log
+    train_metrics: dict[str, Any] | None = None
+    eval_metrics: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def pathway(self) -> str | None:
+        cfg = (self.train_metrics or {}).get("config", {}).get("model", {})
+        return cfg.get("pathway")
+
+    @property
+    def is_baseline(self) -> bool:
+        if self.pathway is not None:
+            return self.pathway == "none"
+        return "baseline" in self.name.lower()
+
+    def final(self, key: str) -> float | None:
+        """Last finite value of a train-log column (falls back to train_metrics.json)."""
+        if key in (self.train_metrics or {}) and _num(self.train_metrics[key]) is not None:
+            return _num(self.train_metrics[key])
+        for table in (self.log, self.val):
+            if table and key in table:
+                vals = table[key][np.isfinite(table[key])]
+                if len(vals):
+                    return float(vals[-1])
+        return None
+
+
+def _num(x: Any) -> float | None:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def read_csv_columns(path: Path) -> dict[str, np.ndarray] | None:
+    """CSV with a header -> {column: float array}; empty/non-numeric cells become NaN."""
+    if not path.is_file():
+        return None
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return None
+    cols = {}
+    for key in rows[0]:
+        vals = [_num(r.get(key)) for r in rows]
+        cols[key] = np.array([np.nan if v is None else v for v in vals], dtype=np.float64)
+    return cols
+
+
+def _read_json(path: Path | None) -> Any:
+    if path is None or not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def load_runs(runs_dir: str | Path, eval_dir: str | Path | None = None) -> list[RunData]:
+    """One `RunData` per subfolder of `runs_dir` that holds any known metrics file.
+
+    `metrics.json` is looked up in `runs/<variant>/` and, when given, `eval_dir/<variant>/`.
+    """
+    runs_dir = Path(runs_dir)
+    runs: list[RunData] = []
+    if not runs_dir.is_dir():
+        return runs
+    for d in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
+        run = RunData(d.name)
+        run.log = read_csv_columns(d / "train_log.csv")
+        run.val = read_csv_columns(d / "val_log.csv")
+        if run.val is None and run.log is not None and "val_bpb" in run.log:
+            mask = np.isfinite(run.log["val_bpb"])
+            if mask.any():
+                run.val = {k: v[mask] for k, v in run.log.items()}
+        run.train_metrics = _read_json(d / "train_metrics.json")
+        candidates = [d / "metrics.json"]
+        if eval_dir is not None:
+            candidates.insert(0, Path(eval_dir) / d.name / "metrics.json")
+        for c in candidates:
+            run.eval_metrics = _read_json(c)
+            if run.eval_metrics is not None:
+                break
+        if any(x is not None for x in (run.log, run.val, run.train_metrics, run.eval_metrics)):
+            runs.append(run)
+    return runs
+
+
+def eval_bpb_modes(metrics: Mapping[str, Any] | None) -> dict[str, float]:
+    """{mode: bpb} from an eval `metrics.json` (accepts `{"bpb": {mode: x}}` or `bpb_<mode>` keys)."""
+    if not metrics:
+        return {}
+    out: dict[str, float] = {}
+    bpb = metrics.get("bpb")
+    if isinstance(bpb, Mapping):
+        for k, v in bpb.items():
+            if isinstance(v, Mapping):  # {"init": {"bpb": x, ...}}
+                v = v.get("bpb")
+            if _num(v) is not None:
+                out[str(k)] = _num(v)
+    elif _num(bpb) is not None:
+        out["init"] = _num(bpb)
+    for k, v in metrics.items():
+        m = re.fullmatch(r"(?:val_)?bpb[_/](\w+)", str(k))
+        if m and m.group(1) != "buckets" and _num(v) is not None:
+            out.setdefault(m.group(1), _num(v))
+    order = {m: i for i, m in enumerate(MODE_ORDER)}
+    return dict(sorted(out.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
+
+
+def eval_buckets(metrics: Mapping[str, Any] | None) -> dict[str, tuple[list[str], list[float]]]:
+    """Per-position BPB buckets as {mode: (labels, bpb)} from the many shapes eval may write.
+
+    Accepted: `{"edges": [...], "bpb": [...]}` (optionally per mode), `{label: bpb}`,
+    `{mode: {label: bpb}}`, or a list of `{"start"|"lo", "end"|"hi", "bpb"}` records.
+    """
+    raw = (metrics or {}).get("bpb_buckets")
+    if not raw:
+        return {}
+
+    def one(obj: Any) -> tuple[list[str], list[float]] | None:
+        if isinstance(obj, Mapping) and "bpb" in obj and isinstance(obj["bpb"], Sequence):
+            vals = [float(v) for v in obj["bpb"]]
+            edges = obj.get("edges") or obj.get("bounds")
+            labels = obj.get("labels")
+            if labels is None and edges is not None and len(edges) == len(vals) + 1:
+                labels = [f"{int(edges[i])}-{int(edges[i + 1]) - 1}" for i in range(len(vals))]
+            if labels is None and edges is not None and len(edges) == len(vals):
+                labels = [f"{int(e)}+" for e in edges]
+            return [str(x) for x in (labels or range(len(vals)))], vals
+        if isinstance(obj, Sequence) and obj and isinstance(obj[0], Mapping):
+            labels, vals = [], []
+            for rec in obj:
+                lo = rec.get("start", rec.get("lo"))
+                hi = rec.get("end", rec.get("hi"))
+                labels.append(str(rec.get("label") or (f"{lo}-{hi}" if lo is not None else "?")))
+                vals.append(float(rec.get("bpb", float("nan"))))
+            return labels, vals
+        if isinstance(obj, Mapping) and obj and all(_num(v) is not None for v in obj.values()):
+            return [str(k) for k in obj], [float(v) for v in obj.values()]
+        return None
+
+    direct = one(raw)
+    if direct is not None:
+        return {"init": direct}
+    out = {}
+    if isinstance(raw, Mapping):
+        for mode, obj in raw.items():
+            parsed = one(obj)
+            if parsed is not None:
+                out[str(mode)] = parsed
+    return out
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, Mapping):
+        return {prefix or "value": d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, key))
+        else:
+            out[key] = v
+    return out
+
+
+# Eval keys left out of the report's table: per-task detail and bookkeeping.
+EVAL_SKIP = ("core_tasks", "timing", "seconds", "val_tokens", "tokens", "n_")
+
+
+def eval_scalars(metrics: Mapping[str, Any] | None) -> dict[str, float]:
+    """CORE, ICL, BPB gaps and other scalar eval results (not BPB per mode or buckets), flattened
+    with "." (e.g. `core.sequential`, `icl_acc.init.copy`)."""
+    if not metrics:
+        return {}
+    out = {}
+    rest = {
+        k: v for k, v in metrics.items() if k not in ("bpb", "bpb_buckets", "val_bpb", "val_loss")
+    }
+    for k, v in _flatten(rest).items():
+        if re.fullmatch(r"(?:val_)?bpb[_/]\w+", k) or k.startswith(EVAL_SKIP) or k.endswith(".n"):
+            continue
+        if _num(v) is not None and not isinstance(v, bool):
+            out[k] = _num(v)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Comparisons
+
+
+def interpolate_at(xs: np.ndarray, ys: np.ndarray, x: float) -> float | None:
+    """Linear interpolation of the curve (xs, ys) at x; None when x lies beyond the curve's end."""
+    mask = np.isfinite(xs) & np.isfinite(ys)
+    xs, ys = xs[mask], ys[mask]
+    if len(xs) == 0:
+        return None
+    order = np.argsort(xs)
+    xs, ys = xs[order], ys[order]
+    if x > xs[-1] * (1 + 1e-9) or x < xs[0] * (1 - 1e-9):
+        return None
+    return float(np.interp(x, xs, ys))
+
+
+def compare_to_baseline(run: RunData, base: RunData) -> dict[str, Any]:
+    """Final val BPB of `run` vs the baseline's val curve at equal tokens and at equal compute."""
+    row: dict[str, Any] = {
+        "variant": run.name,
+        "baseline": base.name,
+        "tokens": run.final("tokens"),
+        "effective_flops": run.final("effective_flops"),
+        "val_bpb": run.final("val_bpb"),
+    }
+    for label, key in (("equal_tokens", "tokens"), ("matched_compute", "effective_flops")):
+        x = row[key]
+        if base.val is None or key not in base.val or "val_bpb" not in base.val or x is None:
+            row[label] = NA
+            continue
+        y = interpolate_at(base.val[key], base.val["val_bpb"], x)
+        row[label] = NOT_REACHED if y is None else y
+    return row
+
+
+# ---------------------------------------------------------------------------------------------
+# Plots
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update(
+        {
+            "figure.dpi": 110,
+            "font.size": 10,
+            "axes.spines.top": False,
+            "axes.spines.right": False,
+            "axes.grid": True,
+            "grid.alpha": 0.25,
+            "legend.frameon": False,
+        }
+    )
+    return plt
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    _plt().close(fig)
+    return buf.getvalue()
+
+
+def _smooth(y: np.ndarray, alpha: float = 0.9) -> np.ndarray:
+    out = np.empty_like(y)
+    acc, n = 0.0, 0
+    for i, v in enumerate(y):
+        if np.isfinite(v):
+            acc = alpha * acc + (1 - alpha) * v
+            n += 1
+            out[i] = acc / (1 - alpha**n)  # debiased EMA (as nanochat's smooth loss)
+        else:
+            out[i] = out[i - 1] if i else np.nan
+    return out
+
+
+def _colors(runs: Sequence[RunData]) -> dict[str, str]:
+    return {r.name: PALETTE[i % len(PALETTE)] for i, r in enumerate(runs)}
+
+
+def plot_curves(
+    runs: Sequence[RunData],
+    table: str,
+    x: str,
+    y: str,
+    *,
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    logx: bool = False,
+    smooth: bool = False,
+) -> bytes | None:
+    """One line per run of column `y` against column `x`; None when no run has both columns."""
+    plt = _plt()
+    colors = _colors(runs)
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    drawn = 0
+    for r in runs:
+        t = getattr(r, table)
+        if not t or x not in t or y not in t:
+            continue
+        mask = np.isfinite(t[x]) & np.isfinite(t[y])
+        if logx:
+            mask &= t[x] > 0
+        if not mask.any():
+            continue
+        ys = _smooth(t[y][mask]) if smooth else t[y][mask]
+        style = "--" if r.is_baseline else "-"
+        marker = "o" if table == "val" else None
+        ax.plot(
+            t[x][mask], ys, style, color=colors[r.name], label=r.name, marker=marker, ms=3, lw=1.6
+        )
+        drawn += 1
+    if not drawn:
+        plt.close(fig)
+        return None
+    if logx:
+        ax.set_xscale("log")
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.legend()
+    return _png(fig)
+
+
+def plot_buckets(runs: Sequence[RunData]) -> bytes | None:
+    """Per-position BPB: one line per (variant, mode) over position buckets."""
+    plt = _plt()
+    colors = _colors(runs)
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    labels_ref: list[str] | None = None
+    styles = ["-", "--", ":", "-."]
+    drawn = 0
+    for r in runs:
+        for j, (mode, (labels, vals)) in enumerate(eval_buckets(r.eval_metrics).items()):
+            labels_ref = labels_ref or labels
+            ax.plot(
+                range(len(vals)),
+                vals,
+                styles[j % 4],
+                marker="o",
+                ms=3,
+                color=colors[r.name],
+                label=f"{r.name} ({mode})",
+            )
+            drawn += 1
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set_xticks(range(len(labels_ref)), labels_ref, rotation=30, ha="right")
+    ax.set(xlabel="position in context", ylabel="BPB", title="Per-position validation BPB")
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def read_sweep(path: Path | None) -> list[dict[str, Any]] | None:
+    """Sweep results: a JSON list of records (or `{"runs": [...]}`) or a CSV with a header."""
+    if path is None or not path.is_file():
+        return None
+    if path.suffix == ".csv":
+        cols = read_csv_columns(path)
+        with path.open(newline="") as f:
+            return list(csv.DictReader(f)) if cols else None
+    data = _read_json(path)
+    if isinstance(data, Mapping):
+        data = data.get("runs") or data.get("results")
+    return data if isinstance(data, list) and data else None
+
+
+def plot_sweep(records: Sequence[Mapping[str, Any]]) -> bytes | None:
+    """Val BPB vs effective compute, one series per `group`/`variant`/`pathway`, log x."""
+    plt = _plt()
+    series: dict[str, list[tuple[float, float]]] = {}
+    for rec in records:
+        x = _num(rec.get("effective_flops", rec.get("flops", rec.get("compute"))))
+        y = _num(rec.get("val_bpb", rec.get("bpb")))
+        if x is None or y is None or x <= 0:
+            continue
+        key = str(rec.get("group") or rec.get("variant") or rec.get("pathway") or "runs")
+        series.setdefault(key, []).append((x, y))
+    if not series:
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    for i, (name, pts) in enumerate(sorted(series.items())):
+        pts.sort()
+        ax.plot(*zip(*pts, strict=True), "-o", ms=4, color=PALETTE[i % len(PALETTE)], label=name)
+    ax.set_xscale("log")
+    ax.set(xlabel="effective training compute (FLOPs)", ylabel="val BPB", title="Compute sweep")
+    ax.legend()
+    return _png(fig)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return NA
+    if isinstance(v, str):
+        return v
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, int) or (isinstance(v, float) and v.is_integer() and abs(v) >= 1000):
+        v = int(v)
+        return f"{v:.3e}" if abs(v) >= 1e9 else f"{v:,}"
+    if isinstance(v, float):
+        if abs(v) >= 1e6 or (v != 0 and abs(v) < 1e-3):
+            return f"{v:.3e}"
+        return f"{v:.4f}"
+    return str(v)
+
+
+def _delta(a: Any, b: Any) -> str:
+    if isinstance(a, float) and isinstance(b, float):
+        return f"{a - b:+.4f}"
+    return "–"
+
+
+@dataclass
+class Section:
+    title: str
+    text: str = ""
+    headers: list[str] | None = None
+    rows: list[list[str]] | None = None
+    images: list[tuple[str, bytes | None]] = field(default_factory=list)  # (name, png)
+
+
+def _tokenizer_section(stats: Any) -> Section:
+    sec = Section("Tokenizer")
+    if not isinstance(stats, Mapping):
+        sec.text = f"Tokenizer stats: {NA} (expected the tokenize stage's stats.json)."
+        return sec
+    sec.headers = ["statistic", "value"]
+    sec.rows = [[k, _fmt(v)] for k, v in _flatten(stats).items() if not isinstance(v, list)]
+    return sec
+
+
+def build_sections(
+    runs: Sequence[RunData], *, tokens_stats: Any = None, sweep: Sequence[Mapping] | None = None
+) -> list[Section]:
+    """The report's content, independent of the output format."""
+    secs: list[Section] = []
+
+    # Overview
+    ov = Section("Runs")
+    if runs:
+        ov.headers = [
+            "variant",
+            "pathway",
+            "strategy",
+            "params",
+            "steps",
+            "tokens",
+            "eff. FLOPs",
+            "final loss",
+            "final val BPB",
+            "tok/s",
+            "MFU",
+        ]
+        ov.rows = []
+        for r in runs:
+            tm = r.train_metrics or {}
+            strat = tm.get("config", {}).get("strategy", {}).get("name")
+            mfu = r.final("mfu")
+            ov.rows.append(
+                [
+                    r.name,
+                    _fmt(r.pathway),
+                    _fmt(strat),
+                    _fmt(_num(tm.get("params"))),
+                    _fmt(None if r.final("step") is None else int(r.final("step"))),
+                    _fmt(r.final("tokens")),
+                    _fmt(r.final("effective_flops")),
+                    _fmt(r.final("loss")),
+                    _fmt(r.final("val_bpb")),
+                    _fmt(r.final("tokens_per_s")),
+                    NA if mfu is None else f"{100 * mfu:.1f}%",
+                ]
+            )
+    else:
+        ov.text = f"Training runs: {NA} (no runs/*/train_log.csv or metrics files found)."
+    secs.append(ov)
+
+    # Training curves
+    tr = Section("Training loss")
+    tr.images = [
+        (
+            "loss_vs_tokens",
+            plot_curves(
+                runs,
+                "log",
+                "tokens",
+                "loss",
+                xlabel="training tokens",
+                ylabel="train loss (nats/token, EMA)",
+                title="Training loss vs tokens",
+                smooth=True,
+            ),
+        ),
+        (
+            "loss_vs_compute",
+            plot_curves(
+                runs,
+                "log",
+                "effective_flops",
+                "loss",
+                xlabel="effective training compute (FLOPs)",
+                ylabel="train loss (nats/token, EMA)",
+                title="Training loss vs effective compute",
+                logx=True,
+                smooth=True,
+            ),
+        ),
+    ]
+    secs.append(tr)
+
+    va = Section("Validation BPB")
+    va.images = [
+        (
+            "val_bpb_vs_tokens",
+            plot_curves(
+                runs,
+                "val",
+                "tokens",
+                "val_bpb",
+                xlabel="training tokens",
+                ylabel="val BPB",
+                title="Validation BPB vs tokens",
+            ),
+        ),
+        (
+            "val_bpb_vs_compute",
+            plot_curves(
+                runs,
+                "val",
+                "effective_flops",
+                "val_bpb",
+                xlabel="effective training compute (FLOPs)",
+                ylabel="val BPB",
+                title="Validation BPB vs effective compute",
+                logx=True,
+            ),
+        ),
+    ]
+    secs.append(va)
+
+    # LRT vs baseline
+    cmp_sec = Section("LRT vs baseline")
+    bases = [r for r in runs if r.is_baseline]
+    others = [r for r in runs if not r.is_baseline]
+    if not bases or not others:
+        cmp_sec.text = (
+            f"Comparison: {NA} (needs a baseline run, pathway 'none', and at least one "
+            "LRT run with validation curves)."
+        )
+    else:
+        base = bases[0]
+        cmp_sec.text = (
+            f"Baseline: `{base.name}`. Baseline val BPB is linearly interpolated on its "
+            "validation curve at the LRT run's final tokens (equal tokens) and final "
+            "effective training FLOPs (matched compute); 'not reached' means the "
+            "baseline run stopped before that point."
+        )
+        cmp_sec.headers = [
+            "variant",
+            "tokens",
+            "eff. FLOPs",
+            "val BPB",
+            "baseline @ equal tokens",
+            "Δ",
+            "baseline @ matched compute",
+            "Δ",
+        ]
+        cmp_sec.rows = []
+        for r in others:
+            c = compare_to_baseline(r, base)
+            cmp_sec.rows.append(
+                [
+                    r.name,
+                    _fmt(c["tokens"]),
+                    _fmt(c["effective_flops"]),
+                    _fmt(c["val_bpb"]),
+                    _fmt(c["equal_tokens"]),
+                    _delta(c["val_bpb"], c["equal_tokens"]),
+                    _fmt(c["matched_compute"]),
+                    _delta(c["val_bpb"], c["matched_compute"]),
+                ]
+            )
+    secs.append(cmp_sec)
+
+    # Evaluation: one row per metric, one column per variant (scales with many metrics).
+    ev = Section("Evaluation")
+    modes: list[str] = []
+    scalars: list[str] = []
+    for r in runs:
+        modes += [m for m in eval_bpb_modes(r.eval_metrics) if m not in modes]
+        scalars += [k for k in eval_scalars(r.eval_metrics) if k not in scalars]
+    group = ("bpb_gap", "core", "icl_gain", "icl_acc")
+    scalars.sort(
+        key=lambda k: (next((i for i, g in enumerate(group) if k.startswith(g)), len(group)), k)
+    )
+    evaluated = [r for r in runs if r.eval_metrics]
+    if modes or scalars:
+        ev.text = (
+            "From each variant's `metrics.json` (eval stage). BPB modes: init = zero memory, "
+            "merged/refine = the training strategy's parallel passes, sequential = exact "
+            "token-by-token decoding as deployed. bpb_gap = mode minus sequential."
+        )
+        ev.headers = ["metric"] + [r.name for r in evaluated]
+        ev.rows = []
+        for m in modes:
+            ev.rows.append(
+                [f"BPB {m}"] + [_fmt(eval_bpb_modes(r.eval_metrics).get(m)) for r in evaluated]
+            )
+        for k in scalars:
+            ev.rows.append([k] + [_fmt(eval_scalars(r.eval_metrics).get(k)) for r in evaluated])
+    else:
+        ev.text = f"Evaluation metrics: {NA} (no metrics.json from the eval stage)."
+    secs.append(ev)
+
+    pb = Section("Per-position BPB")
+    png = plot_buckets(runs)
+    if png is None:
+        pb.text = f"Per-position BPB buckets: {NA}."
+    else:
+        pb.text = (
+            "Validation BPB by position in the context window. The latent pathway should help "
+            "most where a token has little context."
+        )
+        pb.images = [("bpb_buckets", png)]
+    secs.append(pb)
+
+    secs.append(_tokenizer_section(tokens_stats))
+
+    if sweep:
+        sw = Section("Compute sweep")
+        png = plot_sweep(sweep)
+        sw.images = [("sweep_compute", png)]
+        if png is None:
+            sw.text = f"Sweep plot: {NA} (records lack effective_flops / val_bpb)."
+        secs.append(sw)
+    return secs
+
+
+_CSS = """
+body{font-family:-apple-system,BlinkMacSystemFont,"Segoe UI",Helvetica,Arial,sans-serif;
+ color:#1d2733;background:#f6f7f9;margin:0}
+main{max-width:1080px;margin:0 auto;padding:28px 32px 60px}
+header{border-bottom:3px solid #1f4e79;margin-bottom:18px;padding-bottom:8px}
+h1{font-size:26px;margin:0 0 4px} .meta{color:#5f6b7a;font-size:13px}
+section{background:#fff;border:1px solid #e2e6eb;border-radius:8px;padding:16px 20px;margin:16px 0;
+ box-shadow:0 1px 2px rgba(0,0,0,.03)}
+h2{font-size:18px;margin:0 0 10px;color:#1f4e79}
+p{line-height:1.5;font-size:14px;margin:6px 0 10px}
+code{background:#eef1f5;padding:1px 4px;border-radius:3px}
+table{border-collapse:collapse;font-size:13px;width:auto;margin:4px 0 8px}
+th,td{padding:5px 10px;border-bottom:1px solid #e6e9ee;text-align:right;white-space:nowrap}
+th{background:#f0f3f7;font-weight:600} td:first-child,th:first-child{text-align:left}
+tr:hover td{background:#f8fafc} .na{color:#9aa4b1;font-style:italic}
+.good{color:#1e8449;font-weight:600} .bad{color:#b03a2e;font-weight:600}
+.figs{display:flex;flex-wrap:wrap;gap:12px} .figs img{max-width:100%;width:500px;border:1px solid #eef0f3;
+ border-radius:4px}
+.scroll{overflow-x:auto}
+"""
+
+
+def _html_cell(s: str, tag: str = "td") -> str:
+    cls = ' class="na"' if s in (NA, NOT_REACHED) else ""
+    if re.fullmatch(r"[+-]\d+\.\d+", s):  # a delta: lower BPB is better
+        cls = ' class="good"' if s.startswith("-") else ' class="bad"'
+    return f"<{tag}{cls}>{html.escape(s)}</{tag}>"
+
+
+def _html_text(text: str) -> str:
+    esc = html.escape(text)
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", esc)
+
+
+def render_html(sections: Sequence[Section], title: str, meta: str) -> str:
+    parts = [
+        f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+        f"<style>{_CSS}</style></head><body><main>",
+        f"<header><h1>{html.escape(title)}</h1><div class='meta'>{html.escape(meta)}</div></header>",
+    ]
+    for sec in sections:
+        parts.append(f"<section><h2>{html.escape(sec.title)}</h2>")
+        if sec.text:
+            cls = " class='na'" if sec.text.endswith(f"{NA}.") else ""
+            parts.append(f"<p{cls}>{_html_text(sec.text)}</p>")
+        if sec.headers and sec.rows:
+            parts.append("<div class='scroll'><table><thead><tr>")
+            parts += [_html_cell(h, "th") for h in sec.headers]
+            parts.append("</tr></thead><tbody>")
+            for row in sec.rows:
+                parts.append("<tr>" + "".join(_html_cell(c) for c in row) + "</tr>")
+            parts.append("</tbody></table></div>")
+        figs = []
+        for name, png in sec.images:
+            if png is None:
+                figs.append(f"<p class='na'>{html.escape(name.replace('_', ' '))}: {NA}.</p>")
+            else:
+                b64 = base64.b64encode(png).decode("ascii")
+                figs.append(f"<img alt='{html.escape(name)}' src='data:image/png;base64,{b64}'>")
+        if figs:
+            parts.append("<div class='figs'>" + "".join(figs) + "</div>")
+        parts.append("</section>")
+    parts.append("</main></body></html>\n")
+    return "\n".join(parts)
+
+
+def render_markdown(sections: Sequence[Section], title: str, meta: str, fig_dir: str) -> str:
+    lines = [f"# {title}", "", f"_{meta}_", ""]
+    for sec in sections:
+        lines += [f"## {sec.title}", ""]
+        if sec.text:
+            lines += [sec.text, ""]
+        if sec.headers and sec.rows:
+            lines.append("| " + " | ".join(sec.headers) + " |")
+            lines.append(
+                "|" + "|".join("---" if i == 0 else "---:" for i in range(len(sec.headers))) + "|"
+            )
+            lines += [
+                "| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in sec.rows
+            ]
+            lines.append("")
+        for name, png in sec.images:
+            if png is None:
+                lines += [f"{name.replace('_', ' ')}: {NA}.", ""]
+            else:
+                lines += [f"![{name}]({fig_dir}/{name}.png)", ""]
+    return "\n".join(lines)
+
+
+def render_report(
+    runs_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    eval_dir: str | Path | None = None,
+    tokens_stats: str | Path | None = None,
+    sweep: str | Path | None = None,
+    title: str = "Latent Recurrent Transformer — experiment report",
+) -> Path:
+    """Write `out_dir/report.md`, `out_dir/report.html` and `out_dir/figures/*.png`.
+
+    Args:
+        runs_dir: Folder with one subfolder per variant (train_log.csv, train_metrics.json, ...).
+        out_dir: Output folder (created).
+        eval_dir: Optional folder with `<variant>/metrics.json` from evaluation.
+        tokens_stats: Tokenizer/packing stats JSON (the tokenize stage's stats.json).
+        sweep: Optional sweep results (JSON list of records or CSV).
+        title: Report title.
+
+    Returns:
+        Path of report.html.
+    """
+    out_dir = Path(out_dir)
+    runs = load_runs(runs_dir, eval_dir)
+    stats = _read_json(Path(tokens_stats)) if tokens_stats else None
+    sections = build_sections(
+        runs, tokens_stats=stats, sweep=read_sweep(Path(sweep) if sweep else None)
+    )
+    now = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    meta = f"Generated {now} from {Path(runs_dir)} ({len(runs)} run{'s' * (len(runs) != 1)})"
+    fig_dir = out_dir / "figures"
+    for sec in sections:
+        for name, png in sec.images:
+            if png is not None:
+                atomic_write_bytes(fig_dir / f"{name}.png", png)
+    atomic_write_text(out_dir / "report.md", render_markdown(sections, title, meta, "figures"))
+    return atomic_write_text(out_dir / "report.html", render_html(sections, title, meta))
+
+
+def build_report(settings: Any) -> Path:
+    """Report stage: runs from `train.out_dir`, tokenizer stats from `tokenizer.out_dir`, sweep
+    results from `report.out_dir/sweep.json`; writes into `report.out_dir`.
+
+    Args:
+        settings: `pipeline.settings.Settings`.
+
+    Returns:
+        Path of report.html.
+    """
+    out_dir = Path(settings.report.out_dir)
+    return render_report(
+        settings.train.out_dir,
+        out_dir,
+        tokens_stats=Path(settings.tokenizer.out_dir) / "stats.json",
+        sweep=out_dir / "sweep.json",
+    )

@@ -1,0 +1,428 @@
+"""MLflow tracking: one parent run per pipeline invocation, one child run per stage and variant.
+
+MLflow only records; DVC decides what reruns. The store defaults to a SQLite file in the project
+(`sqlite:///mlruns.db`, artifacts in `mlartifacts/`), so everything works offline and
+`mlflow ui --backend-store-uri sqlite:///mlruns.db` shows it.
+
+Which parent a stage's child run joins:
+  1. `LRT_MLFLOW_PARENT_RUN_ID` in the environment (set by `lrt-pipeline run` and by callers that
+     want to group stages themselves);
+  2. under `dvc repro` / `dvc exp run`: the run tagged with this DVC process (its pid and start
+     time), created by the first stage and reused by the next ones;
+  3. otherwise a new parent named after the command.
+
+Components running inside a stage log through the module-level helpers, which write to the
+active child run and do nothing when there is none (tracking disabled, or a plain unit test):
+
+    >>> from pipeline import tracking
+    >>> tracking.log_metrics({"train/loss": 3.2}, step=10)   # no active run: a no-op
+
+Example (what `pipeline.steps` does):
+    >>> with Tracker(settings.tracking).stage("train", variant="lrt", params=settings.flat()) as run:
+    ...     tracking.log_metrics({"val/bpb": 1.1})
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import math
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from pipeline.settings import TrackingSettings
+
+log = logging.getLogger(__name__)
+
+PARENT_ENV = "LRT_MLFLOW_PARENT_RUN_ID"
+TAG_INVOCATION = "lrt.invocation"
+TAG_STAGE = "lrt.stage"
+TAG_VARIANT = "lrt.variant"
+TAG_COMMIT = "lrt.git_commit"
+TAG_DVC_LOCK = "lrt.dvc_lock_sha256"
+TAG_PARENT = "mlflow.parentRunId"
+
+__all__ = [
+    "PARENT_ENV",
+    "Tracker",
+    "active_run_id",
+    "flatten_metrics",
+    "log_artifact",
+    "log_metrics",
+    "log_params",
+    "set_tags",
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers for code running inside a stage
+# ---------------------------------------------------------------------------------------------
+
+
+def _mlflow() -> Any | None:
+    """The mlflow module if a run may be active. Importing mlflow costs seconds, so code paths
+    that never started tracking never import it."""
+    return sys.modules.get("mlflow")
+
+
+def active_run_id() -> str | None:
+    """Id of the active MLflow run, or None."""
+    mlflow = _mlflow()
+    run = mlflow.active_run() if mlflow is not None else None
+    return run.info.run_id if run is not None else None
+
+
+def log_metrics(metrics: Mapping[str, Any], step: int | None = None) -> None:
+    """Log numeric values (nested dicts flattened with "/") to the active run; non-numbers and
+    non-finite values are skipped. No-op without an active run."""
+    if active_run_id() is None:
+        return
+    flat = flatten_metrics(metrics)
+    if flat:
+        _mlflow().log_metrics(flat, step=step)
+
+
+def log_params(params: Mapping[str, Any]) -> None:
+    """Log parameters (nested dicts flattened with ".") to the active run; no-op without one."""
+    if active_run_id() is None:
+        return
+    _mlflow().log_params(_flatten_params(params))
+
+
+def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
+    """Copy a file or folder into the active run's artifacts; no-op without a run or file."""
+    path = Path(path)
+    if active_run_id() is None or not path.exists():
+        return
+    mlflow = _mlflow()
+    if path.is_dir():
+        mlflow.log_artifacts(str(path), artifact_path=artifact_path)
+    else:
+        mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+
+def set_tags(tags: Mapping[str, Any]) -> None:
+    """Tag the active run; no-op without one."""
+    if active_run_id() is None:
+        return
+    _mlflow().set_tags({k: str(v) for k, v in tags.items()})
+
+
+_METRIC_KEY = re.compile(r"[^A-Za-z0-9_\-. /]")
+
+
+def flatten_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """{"bpb": {"init": 1.2}, "note": "x"} -> {"bpb/init": 1.2}: finite numbers only, keys made
+    MLflow-safe. Booleans count as 0/1."""
+    out: dict[str, float] = {}
+    for key, value in metrics.items():
+        name = _METRIC_KEY.sub("_", f"{prefix}{key}")
+        if isinstance(value, Mapping):
+            out.update(flatten_metrics(value, prefix=f"{name}/"))
+        elif isinstance(value, bool | int | float) and math.isfinite(float(value)):
+            out[name] = float(value)
+        elif hasattr(value, "item") and getattr(value, "ndim", 1) == 0:  # numpy / torch scalar
+            number = float(value.item())
+            if math.isfinite(number):
+                out[name] = number
+    return out
+
+
+def _flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(_flatten_params(value, prefix=f"{name}."))
+        else:
+            out[name[:250]] = str(value)[:6000]  # MLflow's key and value limits
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Tracker
+# ---------------------------------------------------------------------------------------------
+
+
+class Tracker:
+    """Opens parent and child runs in the configured store. Every method is a no-op when
+    `settings.enabled` is false.
+
+    Args:
+        settings: The `tracking` section (its uri and artifact_location already absolute when it
+            came from `load_settings`).
+        project_dir: Folder for the git commit and dvc.lock tags (default: cwd).
+        system_metrics: Also record CPU/memory/GPU usage (needs psutil; None = when available).
+    """
+
+    def __init__(
+        self,
+        settings: TrackingSettings,
+        *,
+        project_dir: str | Path | None = None,
+        system_metrics: bool | None = None,
+    ) -> None:
+        self.settings = settings
+        self.enabled = settings.enabled
+        self.project_dir = Path(project_dir) if project_dir is not None else Path.cwd()
+        if system_metrics is None:
+            try:
+                import psutil  # noqa: F401
+
+                system_metrics = True
+            except ImportError:
+                system_metrics = False
+        self.system_metrics = system_metrics
+        self._client: Any = None
+        self._experiment_id: str | None = None
+        self._own_parent: str | None = None
+
+    # -- store -------------------------------------------------------------------------------
+
+    @property
+    def client(self) -> Any:
+        """An `MlflowClient` on the configured store (created on first use)."""
+        if self._client is None:
+            import mlflow
+            from mlflow import MlflowClient
+
+            mlflow.set_tracking_uri(self.settings.uri)
+            self._client = MlflowClient(tracking_uri=self.settings.uri)
+        return self._client
+
+    @property
+    def experiment_id(self) -> str:
+        """Id of the configured experiment, created with the configured artifact root if new."""
+        if self._experiment_id is None:
+            experiment = self.client.get_experiment_by_name(self.settings.experiment)
+            if experiment is not None:
+                self._experiment_id = experiment.experiment_id
+            else:
+                location = Path(self.settings.artifact_location)
+                if not location.is_absolute():
+                    location = self.project_dir / location
+                self._experiment_id = self.client.create_experiment(
+                    self.settings.experiment, artifact_location=location.resolve().as_uri()
+                )
+        return self._experiment_id
+
+    # -- parent ------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def pipeline(self, name: str) -> Iterator[str | None]:
+        """Open a parent run for a multi-stage invocation (`lrt-pipeline run`), export its id in
+        `LRT_MLFLOW_PARENT_RUN_ID` for the stages, and close it. Reuses an existing parent from
+        the environment. Yields the parent run id (None when disabled)."""
+        if not self.enabled:
+            yield None
+            return
+        if os.environ.get(PARENT_ENV):
+            yield os.environ[PARENT_ENV]
+            return
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=self._base_tags())
+        run_id = run.info.run_id
+        os.environ[PARENT_ENV] = run_id
+        status = "FAILED"
+        try:
+            yield run_id
+            status = "FINISHED"
+        finally:
+            os.environ.pop(PARENT_ENV, None)
+            self.client.set_terminated(run_id, status)
+
+    def parent_run_id(self, name: str) -> str:
+        """The parent for a stage started now (see the module docstring for the rules)."""
+        if os.environ.get(PARENT_ENV):
+            return os.environ[PARENT_ENV]
+        invocation, run_name = _invocation(name)
+        if invocation is not None:
+            found = self.client.search_runs(
+                [self.experiment_id],
+                filter_string=f"tags.`{TAG_INVOCATION}` = '{invocation}'",
+                max_results=1,
+            )
+            if found:
+                return found[0].info.run_id
+        tags = self._base_tags()
+        if invocation is not None:
+            tags[TAG_INVOCATION] = invocation
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
+        self._own_parent = run.info.run_id
+        return run.info.run_id
+
+    # -- child -------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def stage(
+        self,
+        stage: str,
+        *,
+        variant: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        command: str | None = None,
+    ) -> Iterator[str | None]:
+        """Run one stage (for one variant) as an active child run; yields its id (None when
+        disabled). The module-level helpers log to it. On an exception the run is marked
+        FAILED and the exception propagates."""
+        if not self.enabled:
+            yield None
+            return
+        import mlflow
+
+        parent = self.parent_run_id(command or f"lrt-pipeline {stage}")
+        tags = {**self._base_tags(), TAG_PARENT: parent, TAG_STAGE: stage}
+        if variant is not None:
+            tags[TAG_VARIANT] = variant
+        name = stage if variant is None else f"{stage}/{variant}"
+        child = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
+        status = "FAILED"
+        self.client.update_run(parent, status="RUNNING")
+        try:
+            with mlflow.start_run(run_id=child.info.run_id, log_system_metrics=self.system_metrics):
+                if params:
+                    log_params(params)
+                start = time.perf_counter()
+                yield child.info.run_id
+                mlflow.log_metric("stage_seconds", time.perf_counter() - start)
+                status = "FINISHED"
+        finally:
+            if mlflow.active_run() is not None:  # an exception left it open
+                mlflow.end_run(status)
+            self.client.set_terminated(child.info.run_id, status)
+            if parent != os.environ.get(PARENT_ENV):
+                # A parent shared across DVC stage processes ends with each stage; the next one
+                # sets it running again.
+                self.client.set_terminated(parent, status)
+
+    # -- tags --------------------------------------------------------------------------------
+
+    def _base_tags(self) -> dict[str, str]:
+        tags = {"mlflow.source.name": "lrt-pipeline"}
+        commit = _git_commit(self.project_dir)
+        if commit:
+            tags[TAG_COMMIT] = commit
+            tags["mlflow.source.git.commit"] = commit.removesuffix("-dirty")
+        lock = self.project_dir / "dvc.lock"
+        if lock.exists():
+            tags[TAG_DVC_LOCK] = hashlib.sha256(lock.read_bytes()).hexdigest()
+        for env, tag in (("DVC_STAGE", "dvc.stage"), ("DVC_EXP_NAME", "dvc.exp_name")):
+            if os.environ.get(env):
+                tags[tag] = os.environ[env]
+        return tags
+
+
+def _git_commit(project_dir: Path) -> str | None:
+    """HEAD's commit, suffixed "-dirty" with uncommitted changes; None outside git."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=project_dir,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=project_dir,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def _invocation(name: str) -> tuple[str | None, str]:
+    """(key, run name) of the DVC process running this stage, or (None, name) outside DVC.
+
+    Stages of one `dvc repro` are separate processes with no shared id, but they share the
+    ancestor `dvc` process; its pid plus start time identify the invocation."""
+    if not os.environ.get("DVC_STAGE"):
+        return None, name
+    for pid in _ancestors():
+        cmdline = _cmdline(pid)
+        at = _dvc_arg(cmdline)
+        if at is not None:
+            label = " ".join(["dvc", *cmdline[at + 1 : at + 4]])
+            exp = os.environ.get("DVC_EXP_NAME")
+            run_name = f"{label} {exp}" if exp else f"{label} {time.strftime('%Y-%m-%d %H:%M:%S')}"
+            return f"dvc:{pid}:{_start_time(pid)}", run_name
+    return None, f"dvc {os.environ['DVC_STAGE']}"
+
+
+def _dvc_arg(cmdline: list[str]) -> int | None:
+    """Index of the argument that starts dvc (`dvc ...`, `python .../bin/dvc ...`,
+    `python -m dvc ...`), or None."""
+    for i, arg in enumerate(cmdline[:3]):
+        if Path(arg).name in ("dvc", "dvc.exe"):
+            return i
+        if arg == "-m" and cmdline[i + 1 : i + 2] == ["dvc"]:
+            return i + 1
+    return None
+
+
+def _ancestors() -> Iterator[int]:
+    pid = os.getppid()
+    for _ in range(16):
+        if pid <= 1:
+            return
+        yield pid
+        pid = _ppid(pid)
+
+
+def _proc(pid: int, name: str) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/{name}").read_bytes()
+    except OSError:
+        return b""
+
+
+def _cmdline(pid: int) -> list[str]:
+    raw = _proc(pid, "cmdline")
+    if raw:
+        return [a.decode(errors="replace") for a in raw.rstrip(b"\0").split(b"\0")]
+    try:
+        import psutil
+
+        return psutil.Process(pid).cmdline()
+    except Exception:  # no /proc and no psutil: not identifiable
+        return []
+
+
+def _stat_fields(pid: int) -> list[str]:
+    raw = _proc(pid, "stat").decode(errors="replace")
+    return raw[raw.rfind(")") + 2 :].split() if raw else []  # fields after "(comm)"
+
+
+def _ppid(pid: int) -> int:
+    fields = _stat_fields(pid)
+    if fields:
+        return int(fields[1])
+    try:
+        import psutil
+
+        return psutil.Process(pid).ppid()
+    except Exception:
+        return 0
+
+
+def _start_time(pid: int) -> str:
+    fields = _stat_fields(pid)
+    if fields:
+        return fields[19]  # starttime, clock ticks since boot
+    try:
+        import psutil
+
+        return str(psutil.Process(pid).create_time())
+    except Exception:
+        return "0"

@@ -1,0 +1,920 @@
+"""Training loop (stage `train`): one variant, one device or many (torchrun / DDP).
+
+    >>> from pipeline.settings import load_settings
+    >>> from pipeline.training import train_variant
+    >>> metrics = train_variant(load_settings(), "lrt")          # doctest: +SKIP
+
+A step draws `accum = total_batch_tokens / (device_batch_size * seq_len * world_size)`
+micro-batches per rank, back-propagates `loss / accum` on each (DDP syncs gradients on the last
+one only), clips, sets the scheduled learning rate and steps the optimizer. The budget is
+`train.max_steps`, or `train.tokens_per_param` x the model's scaling parameters.
+
+Outputs in `{train.out_dir}/{variant}/` (rank 0 only):
+    train_log.csv       step, tokens, effective_flops, lr, loss, pass losses, val_bpb, tok/s, MFU
+    val_log.csv         the validation rows only (clean DVC plots)
+    train_metrics.json  final metrics + the configs
+    model.pt            final weights + configs (`pipeline.checkpoint.load_model`)
+    ckpt/step_*.pt      resumable checkpoints (model, optimizer, loader, RNG, step)
+
+Ctrl-C / SIGTERM finish the current step, write a checkpoint and exit non-zero
+(`TrainingInterrupted`); `resume=True` continues from the newest checkpoint and, on CPU, yields
+exactly the losses an uninterrupted run would. See docs/TRAINING.md.
+
+Multi-GPU: `torchrun --nproc_per_node 8 -m stages.train ...` (any entry point calling
+`train_variant`); RANK / WORLD_SIZE / LOCAL_RANK are read from the environment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import math
+import os
+import random
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from lrt import accounting
+from lrt.config import LRTConfig, StrategyConfig
+from lrt.optim import build_optimizer
+from lrt.schedule import lr_multiplier, muon_momentum
+from pipeline.checkpoint import (
+    CheckpointError,
+    atomic_write_text,
+    check_config,
+    list_checkpoints,
+    load_latest,
+    load_state_strict,
+    rng_state,
+    save_checkpoint,
+    save_model,
+    set_rng_state,
+)
+
+KEEP_CHECKPOINTS = 3
+# Which mode also gets a validation BPB column, per training strategy (LRT variants only).
+STRATEGY_EVAL_MODE = {"interleaved": "merged", "multi_refine": "refine"}
+
+
+class TrainingInterrupted(SystemExit):
+    """Raised after Ctrl-C / SIGTERM once a checkpoint is written; exits with 128 + signal."""
+
+    def __init__(self, code: int, message: str, checkpoint: Path | None) -> None:
+        super().__init__(code)
+        self.message = message
+        self.checkpoint = checkpoint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+# ---------------------------------------------------------------------------------------------
+# Distributed / device setup
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device_kind: str) -> DistInfo:
+    """Join the torchrun process group when RANK/WORLD_SIZE are set (nccl on CUDA, gloo on CPU).
+
+    The group stays up for the life of the process (several variants may train in one run).
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if device_kind == "cuda":
+        torch.cuda.set_device(local)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device_kind == "cuda" else "gloo")
+    return DistInfo(rank, world, local)
+
+
+def resolve_device(setting: str, info: DistInfo | None = None) -> torch.device:
+    """'auto' -> cuda when available (cuda:LOCAL_RANK under torchrun), else cpu."""
+    if setting == "auto":
+        setting = "cuda" if torch.cuda.is_available() else "cpu"
+    if setting == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("train.device=cuda but CUDA is not available; use train.device=auto")
+        return torch.device("cuda", info.local_rank if info else 0)
+    return torch.device("cpu")
+
+
+def resolve_dtype(setting: str, device: torch.device) -> torch.dtype:
+    if setting == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[setting]
+
+
+def autocast_ctx(device: torch.device, dtype: torch.dtype):
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def peak_flops(device: torch.device) -> float | None:
+    """bf16 dense peak FLOP/s of a CUDA device (None on CPU or for an unknown GPU: no MFU)."""
+    if device.type != "cuda":
+        return None
+    peak = accounting.peak_flops(torch.cuda.get_device_name(device))
+    return peak if math.isfinite(peak) else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Accounting (lrt.accounting when present)
+
+
+def model_accounting(model: nn.Module, strategy: StrategyConfig) -> dict[str, float]:
+    """Parameter counts (`lrt.accounting.param_counts`) and training FLOPs per token."""
+    counts = accounting.param_counts(model)
+    return {
+        "params": float(counts["total"]),
+        "scaling_params": float(counts["scaling_params"]),
+        "flops_per_token": float(accounting.flops_per_token(model.config, strategy)),
+    }
+
+
+def plan_steps(train_settings: Any, scaling_params: float) -> int:
+    """Optimizer steps: `max_steps`, else tokens_per_param x scaling params / batch tokens."""
+    if train_settings.max_steps is not None:
+        return int(train_settings.max_steps)
+    tokens = train_settings.tokens_per_param * scaling_params
+    return max(1, round(tokens / train_settings.total_batch_tokens))
+
+
+def grad_accum_steps(
+    total_batch_tokens: int, device_batch_size: int, seq_len: int, world: int
+) -> int:
+    """Micro-batches per rank per step; a clear error when the batch does not divide."""
+    per_micro = device_batch_size * seq_len * world
+    if total_batch_tokens % per_micro:
+        raise ValueError(
+            f"train.total_batch_tokens={total_batch_tokens} is not divisible by "
+            f"device_batch_size={device_batch_size} x seq_len={seq_len} x world_size={world} "
+            f"= {per_micro}; choose total_batch_tokens as a multiple of {per_micro}"
+        )
+    return total_batch_tokens // per_micro
+
+
+# ---------------------------------------------------------------------------------------------
+# One step
+
+
+class TrainStep(nn.Module):
+    """`forward(idx, targets) -> (loss, pass_losses)`: the module DDP / torch.compile wrap, so
+    their hooks run although the model's training entry point is `forward_train`."""
+
+    def __init__(self, model: nn.Module, strategy: StrategyConfig) -> None:
+        super().__init__()
+        self.model = model
+        self.strategy = strategy
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor):
+        out = self.model.forward_train(idx, targets, self.strategy)
+        return out.loss, out.pass_losses
+
+
+def accumulate_gradients(
+    step_module: nn.Module,
+    batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
+    accum: int,
+    *,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[torch.Tensor, list[float]]:
+    """Forward/backward `accum` micro-batches, each loss scaled by 1/accum.
+
+    Under DDP only the last micro-batch all-reduces gradients (`no_sync` on the others).
+
+    Returns:
+        (mean loss over the micro-batches as a detached tensor, mean pass losses).
+    """
+    loss_sum = torch.zeros((), device=device)
+    pass_sums: list[float] = []
+    is_ddp = isinstance(step_module, nn.parallel.DistributedDataParallel)
+    for micro in range(accum):
+        inputs, targets = next(batches)
+        x = inputs.to(device, non_blocking=True).long()  # (B, T)
+        y = targets.to(device, non_blocking=True).long()
+        sync = step_module.no_sync() if is_ddp and micro < accum - 1 else contextlib.nullcontext()
+        with sync:
+            with autocast_ctx(device, dtype):
+                loss, pass_losses = step_module(x, y)
+            (loss / accum).backward()
+        loss_sum += loss.detach()
+        if not pass_sums:
+            pass_sums = [0.0] * len(pass_losses)
+        for i, v in enumerate(pass_losses):
+            pass_sums[i] += float(v)
+    return loss_sum / accum, [v / accum for v in pass_sums]
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+
+
+@torch.no_grad()
+def evaluate_bpb(
+    model: nn.Module,
+    data_dir: str | Path,
+    *,
+    token_bytes: np.ndarray | torch.Tensor | None,
+    eval_tokens: int,
+    batch_size: int,
+    seq_len: int,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+    modes: tuple[str, ...] = ("init",),
+    strategy: StrategyConfig | None = None,
+    info: DistInfo = DistInfo(),
+    tokenizer_hash: str | None = None,
+) -> dict[str, float]:
+    """Validation loss (nats/token) and BPB on the first `eval_tokens` of the val split.
+
+    BPB = sum of CE nats / (ln 2 * sum of UTF-8 bytes of the target tokens); special tokens
+    count 0 bytes. Ranks score disjoint windows and the sums are all-reduced.
+
+    Returns:
+        {"val_loss": ..., "val_bpb": ...} for mode "init", plus `val_bpb_<mode>` for others.
+    """
+    from pipeline.loader import DataLoader
+
+    tb = (
+        None
+        if token_bytes is None
+        else torch.as_tensor(np.asarray(token_bytes), dtype=torch.float64)
+    )
+    tb = tb.to(device) if tb is not None else None
+    loader = DataLoader(
+        data_dir,
+        "val",
+        batch_size,
+        seq_len,
+        mode="contiguous",
+        shuffle=False,
+        epochs=1,
+        rank=info.rank,
+        world_size=info.world_size,
+        tokenizer_hash=tokenizer_hash,
+    )
+    n_batches = max(1, math.ceil(eval_tokens / (batch_size * seq_len * info.world_size)))
+    # (nats, bytes, tokens) per mode
+    sums = torch.zeros(len(modes), 3, dtype=torch.float64, device=device)
+    was_training = model.training
+    model.eval()
+    try:
+        for i, (inputs, targets) in enumerate(loader):
+            if i >= n_batches:
+                break
+            x = inputs.to(device, non_blocking=True).long()
+            y = targets.to(device, non_blocking=True).long()
+            valid = y >= 0
+            nbytes = tb[y.clamp(min=0)] * valid if tb is not None else valid.double()
+            for j, mode in enumerate(modes):
+                with autocast_ctx(device, dtype):
+                    nats = model.token_losses(x, y, mode=mode, strategy=strategy)  # (B, T)
+                sums[j, 0] += nats.double()[valid].sum()
+                sums[j, 1] += nbytes.sum()
+                sums[j, 2] += valid.sum()
+    finally:
+        model.train(was_training)
+        loader.close()
+    if info.enabled:
+        dist.all_reduce(sums)
+    out: dict[str, float] = {}
+    for j, mode in enumerate(modes):
+        nats, nbytes, ntok = sums[j].tolist()
+        key = "" if mode == "init" else f"_{mode}"
+        if ntok == 0:
+            continue
+        if mode == "init":
+            out["val_loss"] = nats / ntok
+        if tb is not None and nbytes > 0:
+            out[f"val_bpb{key}"] = nats / (math.log(2) * nbytes)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Logs
+
+
+class CsvLog:
+    """Append-only CSV with a header fixed by the first row; `truncate_after` for resume."""
+
+    def __init__(self, path: Path, fields: list[str]) -> None:
+        self.path, self.fields = path, fields
+
+    def truncate_after(self, step: int) -> None:
+        """Drop rows logged after `step` (they are recomputed on resume)."""
+        if not self.path.is_file():
+            return
+        with self.path.open(newline="") as f:
+            rows = [r for r in csv.DictReader(f) if int(float(r["step"])) <= step]
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=self.fields, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+        atomic_write_text(self.path, buf.getvalue())
+
+    def reset(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+    def append(self, row: Mapping[str, Any]) -> None:
+        new = not self.path.is_file()
+        with self.path.open("a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore")
+            if new:
+                w.writeheader()
+            w.writerow({k: _cell(row.get(k)) for k in self.fields})
+
+
+def _cell(v: Any) -> Any:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.6g}" if abs(v) >= 1e6 else f"{v:.8g}"
+    return v
+
+
+def n_passes(strategy: StrategyConfig, cfg: LRTConfig) -> int:
+    if not cfg.has_pathway:
+        return 1
+    return {"interleaved": strategy.subsets + 1, "multi_refine": strategy.refine_steps + 1}.get(
+        strategy.name, 1
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Signals
+
+
+class _StopFlag:
+    """First SIGINT/SIGTERM asks for a checkpoint at the end of the step; a second SIGINT aborts."""
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self._old: dict[int, Any] = {}
+
+    def _handler(self, signum, frame) -> None:  # noqa: ARG002
+        if self.signum and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+        print(
+            f"\n[train] {signal.Signals(signum).name} received: finishing this step, then "
+            "writing a checkpoint (Ctrl-C again to abort without one)",
+            file=sys.stderr,
+        )
+
+    def __enter__(self) -> _StopFlag:
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old[s] = signal.signal(s, self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+
+def _gather(obj: Any, info: DistInfo) -> list[Any]:
+    if not info.enabled:
+        return [obj]
+    out: list[Any] = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def _plain(d: Mapping[str, Any]) -> dict[str, Any]:
+    """A config dict with tuples as lists (weights-only safe and JSON-able)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def train(
+    model_cfg: LRTConfig,
+    strategy_cfg: StrategyConfig,
+    train_settings: Any,
+    data_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    tracker: Any = None,
+    token_bytes: np.ndarray | None = None,
+    tokenizer_hash: str | None = None,
+    variant: str | None = None,
+    progress: bool | None = None,
+    on_step: Callable[[int, dict[str, Any]], None] | None = None,
+    keep_checkpoints: int = KEEP_CHECKPOINTS,
+) -> dict[str, Any]:
+    """Train one model and write its logs, checkpoints and final weights into `out_dir`.
+
+    Args:
+        model_cfg: Architecture (vocab size must match the shards).
+        strategy_cfg: Training strategy (pathway usage per step).
+        train_settings: `pipeline.settings.TrainSettings` (batch, budget, LRs, cadence, device).
+        data_dir: Folder of packed shards (train and val splits).
+        out_dir: Run folder (`runs/<variant>`).
+        resume: Continue from the newest loadable checkpoint in `out_dir/ckpt`.
+        tracker: Optional MLflow tracker (`pipeline.tracking`); None = no tracking.
+        token_bytes: (vocab,) UTF-8 bytes per token for BPB; None = validation loss only.
+        tokenizer_hash: Checked against the shards' header when given.
+        variant: Name used in messages and metrics.
+        progress: Show a tqdm bar (default: when stderr is a terminal).
+        on_step: Called as `on_step(step, row)` after every step (rank 0 and others); raising
+            KeyboardInterrupt there behaves like Ctrl-C.
+        keep_checkpoints: How many periodic checkpoints to keep.
+
+    Returns:
+        The final metrics (also written to `out_dir/train_metrics.json`).
+
+    Raises:
+        TrainingInterrupted: after SIGINT/SIGTERM, once the checkpoint is written.
+        CheckpointError: `resume` with no usable checkpoint or one of another configuration.
+    """
+    from lrt.model import LRT
+    from pipeline.loader import DataLoader
+
+    ts = train_settings
+    out_dir = Path(out_dir)
+    ckpt_dir = out_dir / "ckpt"
+    variant = variant or out_dir.name
+    device_kind = resolve_device(ts.device).type
+    info = init_distributed(device_kind)
+    device = resolve_device(ts.device, info)
+    dtype = resolve_dtype(ts.dtype, device)
+    main = info.is_main
+    if progress is None:
+        progress = sys.stderr.isatty()
+
+    B, T = ts.device_batch_size, model_cfg.seq_len
+    accum = grad_accum_steps(ts.total_batch_tokens, B, T, info.world_size)
+
+    # -- model, optimizer, data -----------------------------------------------------------------
+    torch.manual_seed(ts.seed)
+    np.random.seed(ts.seed % 2**32)
+    random.seed(ts.seed)
+    with torch.device("meta"):
+        model = LRT(model_cfg)
+    model.to_empty(device=device)
+    model.init_weights()
+    model.train()
+    acct = model_accounting(model, strategy_cfg)
+    total_steps = plan_steps(ts, acct["scaling_params"])
+    optimizer = build_optimizer(
+        model,
+        matrix_lr=ts.matrix_lr,
+        embedding_lr=ts.embedding_lr,
+        unembedding_lr=ts.unembedding_lr,
+        scalar_lr=ts.scalar_lr,
+        weight_decay=ts.weight_decay,
+        distributed=info.enabled,
+    )
+    loader = DataLoader(
+        data_dir,
+        "train",
+        B,
+        T,
+        mode=ts.loader_mode,
+        seed=ts.seed,
+        rank=info.rank,
+        world_size=info.world_size,
+        tokenizer_hash=tokenizer_hash,
+    )
+
+    config = {
+        "model": _plain(model_cfg.to_dict()),
+        "strategy": _plain(asdict(strategy_cfg)),
+        "run": {
+            "total_steps": total_steps,
+            "total_batch_tokens": ts.total_batch_tokens,
+            "device_batch_size": B,
+            "seq_len": T,
+            "world_size": info.world_size,
+            "seed": ts.seed,
+            "loader_mode": ts.loader_mode,
+        },
+    }
+    train_dump = ts.model_dump(mode="json") if hasattr(ts, "model_dump") else dict(vars(ts))
+
+    eval_modes: tuple[str, ...] = ("init",)
+    if model_cfg.has_pathway and strategy_cfg.name in STRATEGY_EVAL_MODE:
+        eval_modes += (STRATEGY_EVAL_MODE[strategy_cfg.name],)
+    pass_cols = [f"pass{i}_loss" for i in range(n_passes(strategy_cfg, model_cfg))]
+    val_cols = ["val_loss", "val_bpb"] + [f"val_bpb_{m}" for m in eval_modes[1:]]
+    train_log = CsvLog(
+        out_dir / "train_log.csv",
+        [
+            "step",
+            "tokens",
+            "effective_flops",
+            "lr",
+            "loss",
+            *pass_cols,
+            *val_cols,
+            "tokens_per_s",
+            "mfu",
+            "elapsed_s",
+        ],
+    )
+    val_log = CsvLog(out_dir / "val_log.csv", ["step", "tokens", "effective_flops", *val_cols])
+
+    step, elapsed, last_val = 0, 0.0, {}
+    if resume:
+        found = load_latest(ckpt_dir, map_location="cpu")
+        if found is None:
+            raise CheckpointError(
+                f"--resume: no loadable checkpoint in {ckpt_dir}; start the run without --resume"
+            )
+        path, state = found
+        for key in ("model", "strategy", "run"):
+            check_config(state["config"][key], config[key], key)
+        load_state_strict(model, state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        loader.load_state_dict(state["loader"][info.rank])
+        set_rng_state(state["rng"][info.rank])
+        step = int(state["step"])
+        elapsed = float(state["progress"].get("elapsed_s", 0.0))
+        last_val = dict(state["progress"].get("last_val", {}))
+        if main:
+            train_log.truncate_after(step)
+            val_log.truncate_after(step)
+            print(
+                f"[train] {variant}: resumed from {path} at step {step}/{total_steps}",
+                file=sys.stderr,
+            )
+    elif main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for _, old in list_checkpoints(ckpt_dir):
+            old.unlink()
+        train_log.reset()
+        val_log.reset()
+        (out_dir / "train_metrics.json").unlink(missing_ok=True)
+    if info.enabled:
+        dist.barrier()
+
+    step_module: nn.Module = TrainStep(model, strategy_cfg)
+    if ts.compile:
+        step_module = torch.compile(step_module)
+    if info.enabled:
+        unused = model_cfg.has_pathway and strategy_cfg.name == "none"
+        step_module = nn.parallel.DistributedDataParallel(
+            step_module,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=unused,
+        )
+
+    tokens_per_step = ts.total_batch_tokens
+    fpt = acct["flops_per_token"]
+    peak = peak_flops(device)
+
+    if tracker is not None and main:
+        _track(
+            tracker,
+            "log_params",
+            {
+                **{f"model.{k}": v for k, v in config["model"].items()},
+                **{f"strategy.{k}": v for k, v in config["strategy"].items()},
+                **{f"run.{k}": v for k, v in config["run"].items()},
+                "params": acct["params"],
+                "scaling_params": acct["scaling_params"],
+                "flops_per_token": fpt,
+                "grad_accum": accum,
+                "device": str(device),
+            },
+        )
+
+    def run_eval() -> dict[str, float]:
+        return evaluate_bpb(
+            model,
+            data_dir,
+            token_bytes=token_bytes,
+            eval_tokens=ts.eval_tokens,
+            batch_size=B,
+            seq_len=T,
+            device=device,
+            dtype=dtype,
+            modes=eval_modes,
+            strategy=strategy_cfg,
+            info=info,
+            tokenizer_hash=tokenizer_hash,
+        )
+
+    def checkpoint(at_step: int) -> Path | None:
+        state = {
+            "format_version": 1,
+            "step": at_step,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "loader": _gather(loader.state_dict(), info),
+            "rng": _gather(rng_state(), info),
+            "config": config,
+            "progress": {
+                "tokens": at_step * tokens_per_step,
+                "elapsed_s": elapsed,
+                "last_val": last_val,
+            },
+        }
+        path = save_checkpoint(ckpt_dir, state, at_step, keep=keep_checkpoints) if main else None
+        if info.enabled:
+            dist.barrier()
+        return path
+
+    bar = None
+    if main and progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total_steps, initial=step, desc=variant, unit="step", dynamic_ncols=True)
+
+    batches = iter(loader)
+    stop = _StopFlag()
+    t_window, step_window = time.perf_counter(), step
+    last_row: dict[str, Any] = {}
+    at_boundary = True
+    try:
+        with stop:
+            while step < total_steps:
+                at_boundary = False
+                t0 = time.perf_counter()
+                lr_mult = lr_multiplier(
+                    step, total_steps, ts.warmup_ratio, ts.warmdown_ratio, ts.final_lr_frac
+                )
+                optimizer.set_schedule(lr_mult, muon_momentum(step))
+                loss, pass_losses = accumulate_gradients(
+                    step_module, batches, accum, device=device, dtype=dtype
+                )
+                if ts.grad_clip > 0:
+                    nn.utils.clip_grad_norm_(model.parameters(), ts.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                at_boundary = True
+
+                is_last = step == total_steps
+                do_eval = is_last or (ts.eval_every > 0 and step % ts.eval_every == 0)
+                do_log = do_eval or step % ts.log_every == 0 or step == 1
+                row: dict[str, Any] = {}
+                if do_log:
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)
+                    if info.enabled:
+                        stats = torch.tensor([loss.item(), *pass_losses], device=device)
+                        dist.all_reduce(stats)
+                        stats = (stats / info.world_size).tolist()
+                        loss_v, pass_losses = stats[0], stats[1:]
+                    else:
+                        loss_v = loss.item()
+                    now = time.perf_counter()
+                    elapsed += now - t0
+                    tok_s = (step - step_window) * tokens_per_step / max(now - t_window, 1e-9)
+                    t_window, step_window = now, step
+                    mfu = fpt * tok_s / (peak * info.world_size) if peak else None
+                    row = {
+                        "step": step,
+                        "tokens": step * tokens_per_step,
+                        "effective_flops": fpt * step * tokens_per_step,
+                        "lr": lr_mult * ts.matrix_lr,
+                        "loss": loss_v,
+                        **{c: v for c, v in zip(pass_cols, pass_losses, strict=False)},
+                        "tokens_per_s": tok_s,
+                        "mfu": mfu,
+                        "elapsed_s": elapsed,
+                    }
+                    if do_eval:  # excluded from elapsed time and tokens/s
+                        last_val = run_eval()
+                        row.update(last_val)
+                        t_window = time.perf_counter()
+                    if main:
+                        train_log.append(row)
+                        if do_eval:
+                            val_log.append(row)
+                        if tracker is not None:
+                            _track(tracker, "log_metrics", _metric_names(row), step=step)
+                    last_row = row
+                else:
+                    elapsed += time.perf_counter() - t0
+                if ts.checkpoint_every and step % ts.checkpoint_every == 0 and not is_last:
+                    checkpoint(step)
+                if bar is not None:
+                    bar.update(1)
+                    if row:
+                        post = {
+                            "loss": f"{row['loss']:.4f}",
+                            "tok/s": f"{row['tokens_per_s']:,.0f}",
+                        }
+                        if row.get("mfu") is not None:
+                            post["mfu"] = f"{100 * row['mfu']:.1f}%"
+                        if "val_bpb" in row:
+                            post["val_bpb"] = f"{row['val_bpb']:.4f}"
+                        bar.set_postfix(post, refresh=False)
+                if on_step is not None:
+                    on_step(step, row)
+                flag = stop.signum
+                if info.enabled:
+                    f = torch.tensor([flag], device=device)
+                    dist.all_reduce(f, op=dist.ReduceOp.MAX)
+                    flag = int(f.item())
+                if flag and not is_last:
+                    raise _Stop(flag)
+    except (KeyboardInterrupt, _Stop) as exc:
+        loader.close()
+        if bar is not None:
+            bar.close()
+        signum = exc.signum if isinstance(exc, _Stop) else signal.SIGINT
+        if not at_boundary:
+            if main:
+                print(
+                    f"[train] {variant}: aborted mid-step {step + 1}; no checkpoint written. "
+                    f"Resume from the last periodic checkpoint in {ckpt_dir} with --resume.",
+                    file=sys.stderr,
+                )
+            raise
+        path = checkpoint(step)
+        msg = (
+            f"[train] {variant}: interrupted at step {step}/{total_steps}; checkpoint written to "
+            f"{path or ckpt_dir}. Resume with `lrt-pipeline train --variant {variant} --resume` "
+            "(or train_variant(..., resume=True))."
+        )
+        if main:
+            print(msg, file=sys.stderr)
+        raise TrainingInterrupted(128 + int(signum), msg, path) from None
+    except BaseException:
+        loader.close()
+        raise
+    loader.close()
+    if bar is not None:
+        bar.close()
+
+    # -- final outputs ------------------------------------------------------------------------
+    if not last_row:  # resumed a finished run: nothing trained, re-evaluate for the metrics
+        last_val = run_eval()
+    final_ckpt = checkpoint(step)
+    tok_s_run = (step * tokens_per_step / elapsed) if elapsed > 0 else None  # whole run
+    metrics: dict[str, Any] = {
+        "variant": variant,
+        "step": step,
+        "total_steps": total_steps,
+        "tokens": step * tokens_per_step,
+        "effective_flops": fpt * step * tokens_per_step,
+        "flops_per_token": fpt,
+        "params": acct["params"],
+        "scaling_params": acct["scaling_params"],
+        "loss": last_row.get("loss"),
+        **last_val,
+        "tokens_per_s": tok_s_run,
+        "mfu": fpt * tok_s_run / (peak * info.world_size) if peak and tok_s_run else None,
+        "elapsed_s": elapsed,
+        "device": str(device),
+        "dtype": str(dtype).removeprefix("torch."),
+        "world_size": info.world_size,
+        "grad_accum": accum,
+        "config": {**config, "train": train_dump},
+    }
+    if main:
+        save_model(
+            out_dir / "model.pt",
+            model,
+            model_config=config["model"],
+            strategy_config=config["strategy"],
+            step=step,
+            progress={"tokens": step * tokens_per_step, "elapsed_s": elapsed},
+        )
+        atomic_write_text(out_dir / "train_metrics.json", json.dumps(metrics, indent=2) + "\n")
+        if tracker is not None:
+            _track(
+                tracker,
+                "log_metrics",
+                {
+                    f"final/{k}": v
+                    for k, v in metrics.items()
+                    if isinstance(v, int | float) and not isinstance(v, bool)
+                },
+                step=step,
+            )
+            for name in ("train_log.csv", "val_log.csv", "train_metrics.json"):
+                if (out_dir / name).is_file():
+                    _track(tracker, "log_artifact", out_dir / name)
+        del final_ckpt
+    return metrics
+
+
+class _Stop(Exception):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _track(tracker: Any, method: str, *args: Any, **kwargs: Any) -> None:
+    fn = getattr(tracker, method, None)
+    if fn is not None:
+        fn(*args, **kwargs)
+
+
+def _metric_names(row: Mapping[str, Any]) -> dict[str, float]:
+    """CSV row -> MLflow metric names: `train/loss`, `train/pass0_loss`, `val/bpb`, ..."""
+    out = {}
+    for k, v in row.items():
+        if k == "step" or v is None:
+            continue
+        out[f"val/{k.removeprefix('val_')}" if k.startswith("val_") else f"train/{k}"] = v
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage entry
+
+
+def train_variant(
+    settings: Any, variant: str, *, resume: bool = False, tracker: Any = None
+) -> dict:
+    """Train one variant of `settings.train.variants` into `{train.out_dir}/{variant}`.
+
+    Reads the shards and tokenizer from `settings.tokenizer.out_dir`; the vocabulary size comes
+    from the shard manifest.
+
+    Args:
+        settings: `pipeline.settings.Settings`.
+        variant: A key of `settings.train.variants`.
+        resume: Continue from the newest checkpoint of this variant.
+        tracker: None (no MLflow), a `pipeline.tracking.Tracker` (opens the `train/<variant>`
+            child run if none is active), or any object with `log_params`, `log_metrics`,
+            `log_artifact` (e.g. the `pipeline.tracking` module).
+
+    Returns:
+        The final metrics dict (see `train`).
+    """
+    from pipeline.settings import variant_settings
+
+    model_s, strategy_s = variant_settings(settings, variant)
+    data_dir = Path(settings.tokenizer.out_dir)
+    vocab_size, tok_hash, token_bytes = _tokenizer_info(data_dir)
+
+    def run(logger: Any) -> dict:
+        return train(
+            model_s.to_config(vocab_size),
+            strategy_s.to_config(),
+            settings.train,
+            data_dir,
+            Path(settings.train.out_dir) / variant,
+            resume=resume,
+            tracker=logger,
+            token_bytes=token_bytes,
+            tokenizer_hash=tok_hash,
+            variant=variant,
+        )
+
+    if tracker is None:
+        return run(None)
+    from pipeline import tracking
+
+    # A `Tracker` opens this stage's child run unless the caller already did; the module-level
+    # helpers then log to the active run (and are no-ops without one, e.g. on ranks > 0).
+    if isinstance(tracker, tracking.Tracker) and tracking.active_run_id() is None:
+        if int(os.environ.get("RANK", "0")) != 0:
+            return run(None)
+        with tracker.stage("train", variant=variant):
+            return run(tracking)
+    return run(tracking if isinstance(tracker, tracking.Tracker) else tracker)
+
+
+def _tokenizer_info(data_dir: Path) -> tuple[int, str | None, np.ndarray | None]:
+    """(vocab_size, tokenizer hash, token byte lengths) of the packed data in `data_dir`."""
+    from pipeline.shards import read_manifest
+
+    manifest = read_manifest(data_dir)
+    token_bytes = None
+    candidates = sorted(data_dir.glob("tokenizer*"))
+    if candidates:
+        from pipeline.tokenizer import Tokenizer
+
+        token_bytes = np.asarray(Tokenizer.load(candidates[0]).token_byte_lengths())
+    return int(manifest.vocab_size), getattr(manifest, "tokenizer_hash", None), token_bytes

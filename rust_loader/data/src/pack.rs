@@ -1,0 +1,331 @@
+//! Tokenize-and-pack: documents -> `<|bos|>`-prefixed token stream -> fixed-size shards of a
+//! train and a val split, plus `manifest.json`.
+//!
+//! * Every shard holds exactly `shard_tokens` tokens except the last of each split. A document
+//!   that does not fit is split across shards; the document index of a shard records only the
+//!   true starts (BOS positions) in it, so the continuation at the head of the next shard has
+//!   no index entry.
+//! * The split is decided per document from (seed, document number in the input stream):
+//!   deterministic, independent of batching and thread count.
+//! * Empty documents are skipped (not written as a lone BOS) and counted in the manifest.
+//! * Shards are written as `name.bin.tmp` (fsynced) and only renamed into place by `finish`,
+//!   followed by the manifest (temp + rename). Dropping a `Packer` without `finish` (an error
+//!   anywhere) removes every temp it wrote, so an output folder never holds half a corpus.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use crate::error::{hex, DataError, Result};
+use crate::format::{
+    encode_shard, sync_dir, tmp_path, write_atomic, write_fsync, Compression, ShardMeta,
+    TokenDtype, DEFAULT_CHUNK_TOKENS, FORMAT_VERSION,
+};
+use crate::rng;
+
+pub const MANIFEST: &str = "manifest.json";
+pub const SPLITS: [&str; 2] = ["train", "val"];
+
+#[derive(Clone, Debug)]
+pub struct PackConfig {
+    pub vocab_size: u32,
+    pub bos_id: u32,
+    pub tokenizer_hash: [u8; 32],
+    pub shard_tokens: u64,
+    pub chunk_tokens: u32,
+    pub compression: Compression,
+    pub val_fraction: f64,
+    pub seed: u64,
+}
+
+impl PackConfig {
+    pub fn new(vocab_size: u32, bos_id: u32, tokenizer_hash: [u8; 32]) -> Self {
+        PackConfig {
+            vocab_size,
+            bos_id,
+            tokenizer_hash,
+            shard_tokens: 1 << 24,
+            chunk_tokens: DEFAULT_CHUNK_TOKENS,
+            compression: Compression::None,
+            val_fraction: 0.01,
+            seed: 0,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        let inv = |m: String| Err(DataError::Invalid(m));
+        if self.vocab_size == 0 || self.bos_id >= self.vocab_size {
+            return inv(format!(
+                "bos_id {} must be below vocab_size {}",
+                self.bos_id, self.vocab_size
+            ));
+        }
+        if self.shard_tokens == 0 {
+            return inv("shard_tokens must be positive".into());
+        }
+        if self.chunk_tokens == 0 || self.chunk_tokens % 4 != 0 {
+            return inv(format!(
+                "chunk_tokens {} must be a positive multiple of 4",
+                self.chunk_tokens
+            ));
+        }
+        if !(0.0..1.0).contains(&self.val_fraction) {
+            return inv(format!(
+                "val_fraction {} must be in [0, 1)",
+                self.val_fraction
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+struct ShardRecord {
+    file: String,
+    tokens: u64,
+    documents: u64,
+    bytes: u64,
+    sha256: String,
+}
+
+#[derive(Default)]
+struct SplitWriter {
+    cur: Vec<u32>,
+    starts: Vec<u64>,
+    shards: Vec<ShardRecord>,
+    documents: u64,
+    tokens: u64,
+}
+
+pub struct Packer {
+    out_dir: PathBuf,
+    cfg: PackConfig,
+    meta: ShardMeta,
+    splits: [SplitWriter; 2],
+    docs_in: u64,
+    empty_docs: u64,
+    temps: Vec<PathBuf>,
+    finished: bool,
+}
+
+impl Packer {
+    pub fn new(out_dir: &Path, cfg: PackConfig) -> Result<Self> {
+        cfg.validate()?;
+        fs::create_dir_all(out_dir).map_err(|e| DataError::io("create folder", out_dir, e))?;
+        let meta = ShardMeta {
+            vocab_size: cfg.vocab_size,
+            bos_id: cfg.bos_id,
+            tokenizer_hash: cfg.tokenizer_hash,
+            chunk_tokens: cfg.chunk_tokens,
+            compression: cfg.compression,
+        };
+        Ok(Packer {
+            out_dir: out_dir.to_path_buf(),
+            cfg,
+            meta,
+            splits: Default::default(),
+            docs_in: 0,
+            empty_docs: 0,
+            temps: Vec::new(),
+            finished: false,
+        })
+    }
+
+    /// Encodes `docs` in parallel on the rayon pool (all cores) and appends them in order.
+    pub fn add_documents<S, F>(&mut self, docs: &[S], encode: &F) -> Result<()>
+    where
+        S: AsRef<str> + Sync,
+        F: Fn(&str) -> Vec<u32> + Sync,
+    {
+        self.try_add_documents(docs, &|d: &str| {
+            Ok::<_, std::convert::Infallible>(encode(d))
+        })
+    }
+
+    /// `add_documents` with a fallible encoder (e.g. `lrt_bpe::Tokenizer::encode_ordinary`).
+    pub fn try_add_documents<S, F, E>(&mut self, docs: &[S], encode: &F) -> Result<()>
+    where
+        S: AsRef<str> + Sync,
+        F: Fn(&str) -> std::result::Result<Vec<u32>, E> + Sync,
+        E: std::fmt::Display + Send,
+    {
+        let first = self.docs_in;
+        let encoded: Vec<Vec<u32>> = docs
+            .par_iter()
+            .enumerate()
+            .map(|(i, d)| {
+                encode(d.as_ref()).map_err(|e| {
+                    DataError::Invalid(format!(
+                        "document {}: encoding failed: {e}",
+                        first + i as u64
+                    ))
+                })
+            })
+            .collect::<Result<_>>()?;
+        self.add_encoded(encoded.iter().map(|v| v.as_slice()))
+    }
+
+    /// Appends already-encoded documents (ordinary tokens, no BOS: the packer adds it).
+    pub fn add_encoded<'a>(&mut self, docs: impl IntoIterator<Item = &'a [u32]>) -> Result<()> {
+        for doc in docs {
+            let index = self.docs_in;
+            self.docs_in += 1;
+            if doc.is_empty() {
+                self.empty_docs += 1;
+                continue;
+            }
+            if let Some(&bad) = doc.iter().find(|&&t| t >= self.cfg.vocab_size) {
+                return Err(DataError::Invalid(format!(
+                    "document {index}: token id {bad} is outside the vocabulary of {}",
+                    self.cfg.vocab_size
+                )));
+            }
+            let s = usize::from(rng::unit(self.cfg.seed, index) < self.cfg.val_fraction);
+            let w = &mut self.splits[s];
+            w.starts.push(w.cur.len() as u64);
+            w.cur.push(self.cfg.bos_id);
+            w.cur.extend_from_slice(doc);
+            w.documents += 1;
+            w.tokens += doc.len() as u64 + 1;
+            while self.splits[s].cur.len() as u64 >= self.cfg.shard_tokens {
+                self.flush(s, self.cfg.shard_tokens as usize)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the first `n` buffered tokens of split `s` as its next shard (temp name).
+    fn flush(&mut self, s: usize, n: usize) -> Result<()> {
+        let w = &mut self.splits[s];
+        let k = w.starts.partition_point(|&x| (x as usize) < n);
+        let name = format!("{}_{:04}.bin", SPLITS[s], w.shards.len());
+        let tmp = tmp_path(&self.out_dir.join(&name));
+        let bytes = encode_shard(&self.meta, &w.cur[..n], &w.starts[..k])?;
+        self.temps.push(tmp.clone());
+        write_fsync(&tmp, &bytes)?;
+        w.shards.push(ShardRecord {
+            file: name,
+            tokens: n as u64,
+            documents: k as u64,
+            bytes: bytes.len() as u64,
+            sha256: hex(&Sha256::digest(&bytes)),
+        });
+        w.cur.drain(..n);
+        w.starts.drain(..k);
+        for x in w.starts.iter_mut() {
+            *x -= n as u64;
+        }
+        Ok(())
+    }
+
+    /// Flushes the last shards, renames everything into place, writes `manifest.json`
+    /// (which also records `source`, the caller's input statistics) and returns it.
+    pub fn finish(mut self, source: Value) -> Result<Value> {
+        let total: u64 = self.splits.iter().map(|w| w.tokens).sum();
+        if total == 0 {
+            return Err(DataError::Invalid(format!(
+                "empty corpus: {} documents read, {} of them empty; nothing to pack",
+                self.docs_in, self.empty_docs
+            )));
+        }
+        for s in 0..2 {
+            let n = self.splits[s].cur.len();
+            if n > 0 {
+                self.flush(s, n)?;
+            }
+        }
+        let mut keep = Vec::new();
+        for w in &self.splits {
+            for r in &w.shards {
+                let dst = self.out_dir.join(&r.file);
+                fs::rename(tmp_path(&dst), &dst)
+                    .map_err(|e| DataError::io("rename onto", &dst, e))?;
+                keep.push(r.file.clone());
+            }
+        }
+        self.temps.clear();
+        self.remove_stale(&keep);
+        let manifest = self.manifest(source);
+        let text = serde_json::to_string_pretty(&manifest).expect("json");
+        write_atomic(&self.out_dir.join(MANIFEST), text.as_bytes())?;
+        sync_dir(&self.out_dir.join(MANIFEST));
+        self.finished = true;
+        Ok(manifest)
+    }
+
+    /// `finish` with the source statistics and the manifest as JSON text (for bindings).
+    pub fn finish_json(self, source_json: &str) -> Result<String> {
+        let source: Value = serde_json::from_str(source_json)
+            .map_err(|e| DataError::Invalid(format!("source statistics are not JSON: {e}")))?;
+        Ok(serde_json::to_string(&self.finish(source)?).expect("json"))
+    }
+
+    /// Shards of an earlier, larger pack in the same folder would otherwise linger.
+    fn remove_stale(&self, keep: &[String]) {
+        let Ok(entries) = fs::read_dir(&self.out_dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let ours = SPLITS.iter().any(|s| {
+                name.strip_prefix(s)
+                    .and_then(|r| r.strip_prefix('_'))
+                    .and_then(|r| r.strip_suffix(".bin"))
+                    .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+            });
+            if ours && !keep.contains(&name) {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
+
+    fn manifest(&self, source: Value) -> Value {
+        let split_json = |w: &SplitWriter| -> Value {
+            w.shards
+                .iter()
+                .map(|r| {
+                    json!({"file": r.file, "tokens": r.tokens, "documents": r.documents,
+                           "bytes": r.bytes, "sha256": r.sha256})
+                })
+                .collect()
+        };
+        let totals = |w: &SplitWriter| json!({"tokens": w.tokens, "documents": w.documents, "shards": w.shards.len()});
+        let [train, val] = &self.splits;
+        json!({
+            "format": "lrt-token-shards",
+            "format_version": FORMAT_VERSION,
+            "tokenizer_hash": hex(&self.cfg.tokenizer_hash),
+            "vocab_size": self.cfg.vocab_size,
+            "bos_id": self.cfg.bos_id,
+            "token_dtype": TokenDtype::for_vocab(self.cfg.vocab_size).name(),
+            "compression": self.cfg.compression.name(),
+            "shard_tokens": self.cfg.shard_tokens,
+            "chunk_tokens": self.cfg.chunk_tokens,
+            "val_fraction": self.cfg.val_fraction,
+            "seed": self.cfg.seed,
+            "splits": {"train": split_json(train), "val": split_json(val)},
+            "totals": {
+                "tokens": train.tokens + val.tokens,
+                "documents": train.documents + val.documents,
+                "documents_read": self.docs_in,
+                "empty_documents_skipped": self.empty_docs,
+                "train": totals(train),
+                "val": totals(val),
+            },
+            "source": source,
+        })
+    }
+}
+
+impl Drop for Packer {
+    fn drop(&mut self) {
+        if !self.finished {
+            for t in &self.temps {
+                let _ = fs::remove_file(t);
+            }
+        }
+    }
+}

@@ -1,0 +1,204 @@
+"""The `lrt-pipeline` click CLI: help, config show, error handling, and command dispatch."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from pipeline import steps
+from pipeline.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty project folder (no params.yaml: defaults) with tracking off."""
+    monkeypatch.chdir(tmp_path)
+    for var in ("LRT_MLFLOW_PARENT_RUN_ID", "LRT_TRACKING__ENABLED"):
+        monkeypatch.delenv(var, raising=False)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"tracking": {"enabled": False}}))
+    return tmp_path
+
+
+def invoke(*args: str) -> object:
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        [],
+        ["download"],
+        ["tokenize"],
+        ["train"],
+        ["eval"],
+        ["report"],
+        ["run"],
+        ["generate"],
+        ["config", "show"],
+        ["bench"],
+        ["sweep"],
+    ],
+)
+def test_every_command_has_help(command: list[str]) -> None:
+    result = invoke(*command, "--help")
+    assert result.exit_code == 0, result.output
+    assert "Usage:" in result.output
+    if command and command != ["bench"]:
+        assert "--set KEY=VALUE" in result.output and "--config" in result.output
+
+
+def test_config_show_prints_values_and_sources(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LRT_TRAIN__SEED", "7")
+    result = invoke("config", "show", "--set", "model.depth=3")
+    assert result.exit_code == 0, result.output
+    lines = {line.split()[0]: line for line in result.output.splitlines()}
+    assert lines["model.depth"].endswith("# --set") and " 3 " in lines["model.depth"]
+    assert lines["train.seed"].endswith("# env LRT_TRAIN__SEED")
+    assert lines["tracking.enabled"].endswith("# params.yaml")
+    assert lines["train.eval_every"].endswith("# default")
+    assert "train.variants.lrt.model.pathway" in lines
+
+
+def test_config_show_yaml_round_trips(project: Path) -> None:
+    result = invoke("config", "show", "--format", "yaml", "--set", "train.max_steps=9")
+    assert result.exit_code == 0, result.output
+    (project / "dumped.yaml").write_text(result.output)
+    again = invoke("config", "show", "--format", "json", "--config", "dumped.yaml")
+    assert json.loads(again.output)["train"]["max_steps"] == 9
+    one = invoke("config", "show", "model", "--format", "json")
+    assert list(json.loads(one.output)) == ["model"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["config", "show", "--set", "train.lrr=1"], "unknown key 'train.lrr'"),
+        (["config", "show", "modle"], "Did you mean 'model'"),
+        (["config", "show", "--config", "nope.yaml"], "does not exist"),
+        (
+            ["train", "--variant", "nope"],
+            "unknown variant 'nope'; train.variants has baseline, lrt",
+        ),
+        (["generate", "--prompt", "x", "--variant", "lrt"], "does not exist; train it first"),
+        (["tokenize"], "run `lrt-pipeline download` first"),
+        (["bench", "loader", "--opt", "oops"], None),
+    ],
+)
+def test_user_errors_are_one_clean_line(
+    project: Path, args: list[str], message: str | None
+) -> None:
+    result = invoke(*args)
+    assert result.exit_code != 0
+    assert "Traceback" not in result.output
+    if message is not None:
+        assert "Error:" in result.output and message in result.output, result.output
+
+
+def test_download_builtin(project: Path) -> None:
+    result = invoke("download", "--set", "data.max_bytes=100000")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((project / "data" / "raw" / "manifest.json").read_text())
+    assert manifest["source"] == "builtin" and manifest["documents"] > 0
+    assert "documents" in result.output
+
+
+def test_download_and_tokenize_small_corpus(project: Path) -> None:
+    pytest.importorskip("pipeline._rust", reason="the Rust extension is not built")
+    pytest.importorskip("pipeline.tokenizer")
+    assert invoke("download", "--set", "data.max_bytes=200000").exit_code == 0
+    result = invoke(
+        "tokenize", "--set", "tokenizer.vocab_size=512", "--set", "tokenizer.train_max_bytes=100000"
+    )
+    assert result.exit_code == 0, result.output
+    out = project / "data" / "tokens"
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["vocab_size"] == 512
+    assert stats["tokens"] == stats["train_tokens"] + stats["val_tokens"] > 0
+    assert 1.0 < stats["bytes_per_token"] < 10.0
+    assert (out / "tokenizer.bpe").is_file() and (out / "manifest.json").is_file()
+    assert list(out.glob("train_*.bin")) and list(out.glob("val_*.bin"))
+
+
+def test_run_calls_every_stage_in_order(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    monkeypatch.setattr(steps, "download", lambda s: calls.append("download") or {})
+    monkeypatch.setattr(steps, "tokenize", lambda s: calls.append("tokenize") or {})
+    monkeypatch.setattr(steps, "train", lambda s, v: calls.append(f"train@{v}") or {"step": 1})
+    monkeypatch.setattr(
+        steps, "evaluate", lambda s, v: calls.append(f"eval@{v}") or {"val_bpb": 1.5}
+    )
+    monkeypatch.setattr(steps, "report", lambda s: calls.append("report") or project / "r.md")
+    result = invoke("run")
+    assert result.exit_code == 0, result.output
+    assert calls == [
+        "download",
+        "tokenize",
+        "train@baseline",
+        "eval@baseline",
+        "train@lrt",
+        "eval@lrt",
+        "report",
+    ]
+    assert "lrt: val_bpb=1.5" in result.output
+
+
+def test_train_and_eval_dispatch_per_variant(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple] = []
+    monkeypatch.setattr(
+        steps,
+        "train",
+        lambda s, v, resume: calls.append(("train", v, resume, s.train.max_steps)) or {},
+    )
+    monkeypatch.setattr(steps, "evaluate", lambda s, v: calls.append(("eval", v)) or {})
+    assert (
+        invoke("train", "--variant", "lrt", "--resume", "--set", "train.max_steps=3").exit_code == 0
+    )
+    assert invoke("eval").exit_code == 0
+    assert calls == [("train", "lrt", True, 3), ("eval", "baseline"), ("eval", "lrt")]
+
+
+def test_bench_passes_options_and_settings(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: dict = {}
+
+    def run(settings=None, n: int = 1, name: str = "") -> dict:
+        seen.update(settings=settings, n=n, name=name)
+        return {"tokens_per_s": 123.0}
+
+    fake = types.ModuleType("pipeline.benchmarks.tokenizer")
+    fake.run = run
+    monkeypatch.setitem(sys.modules, "pipeline.benchmarks", types.ModuleType("pipeline.benchmarks"))
+    monkeypatch.setitem(sys.modules, "pipeline.benchmarks.tokenizer", fake)
+    result = invoke("bench", "tokenizer", "--opt", "n=4", "--opt", "name=x", "--out", "b.json")
+    assert result.exit_code == 0, result.output
+    assert seen["n"] == 4 and seen["name"] == "x" and seen["settings"] is not None
+    assert json.loads((project / "b.json").read_text()) == {"tokens_per_s": 123.0}
+    bad = invoke("bench", "tokenizer", "--opt", "bogus=1")
+    assert bad.exit_code != 0 and "takes no option(s) ['bogus']" in bad.output
+
+
+def test_sweep_calls_run_sweep(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pipeline.sweep
+
+    seen: dict = {}
+
+    def fake(settings, budgets=None, methods=None, **kw):
+        seen.update(budgets=budgets, methods=methods)
+        return {"runs": [{}, {}], "equal_compute": []}
+
+    monkeypatch.setattr(pipeline.sweep, "run_sweep", fake)
+    result = invoke("sweep", "--budget", "2", "--budget", "4", "--method", "lrt")
+    assert result.exit_code == 0, result.output
+    assert seen == {"budgets": [2.0, 4.0], "methods": ["lrt"]}
+    assert json.loads(result.output)["runs"] == 2

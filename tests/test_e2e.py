@@ -1,0 +1,203 @@
+"""End to end: `dvc repro` of the whole pipeline on a copy of the project with a tiny preset.
+
+Checks every stage's outputs, finite metrics, the MLflow parent/child runs, and that a second
+`dvc repro` runs nothing. Takes a few minutes on two CPU cores (most of it process start-up).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+
+pytestmark = pytest.mark.slow
+
+# Small enough for two CPU cores; large enough that every code path runs.
+TINY = {
+    "data": {"max_bytes": 150_000},
+    "tokenizer": {"vocab_size": 300, "train_max_bytes": 60_000, "val_fraction": 0.1},
+    "model": {"depth": 2, "n_embd": 64, "n_head": 2, "seq_len": 64},
+    "train": {
+        "total_batch_tokens": 256,
+        "device_batch_size": 4,
+        "max_steps": 6,
+        "log_every": 2,
+        "eval_every": 3,
+        "eval_tokens": 512,
+        "device": "cpu",
+    },
+    "eval": {
+        "bpb_max_tokens": 1024,
+        "sequential_max_tokens": 128,
+        "core_max_items": 2,
+        "icl_max_items": 2,
+        "samples_prompts": ["def "],
+        "max_new_tokens": 4,
+    },
+}
+STAGE_RUNS = {
+    "download",
+    "tokenize",
+    "train/baseline",
+    "train/lrt",
+    "eval/baseline",
+    "eval/lrt",
+    "report",
+}
+
+
+def _project_files() -> list[str]:
+    """Tracked files plus untracked ones git does not ignore (work in progress), that exist."""
+    out = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    return [f for f in out if (REPO / f).is_file()]
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def _dvc(
+    project: Path, *args: str, env: dict[str, str], timeout: int = 900
+) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [str(VENV_BIN / "dvc"), *args],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert result.returncode == 0, (
+        f"dvc {' '.join(args)} failed:\n{result.stdout[-6000:]}\n{result.stderr[-6000:]}"
+    )
+    return result
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    extensions = sorted((REPO / "pipeline").glob("_rust*.so")) + sorted(
+        (REPO / "pipeline").glob("_rust*.pyd")
+    )
+    if not extensions:
+        pytest.skip("the Rust extension pipeline/_rust*.so is not built (pip install -e .)")
+    if not (VENV_BIN / "dvc").exists():
+        pytest.skip("dvc is not installed next to this Python")
+    for module in (
+        "pipeline.tokenizer",
+        "pipeline.training",
+        "pipeline.evaluation.run",
+        "pipeline.report",
+    ):
+        if not (REPO / (module.replace(".", "/") + ".py")).exists():
+            pytest.skip(f"{module} is not there yet")
+
+    root = tmp_path_factory.mktemp("e2e") / "project"
+    for name in _project_files():
+        dest = root / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, dest)
+    for ext in extensions:
+        shutil.copy2(ext, root / "pipeline" / ext.name)
+    params = _merge(yaml.safe_load((root / "params.yaml").read_text()), TINY)
+    core = REPO.parent / "shared" / "data" / "core"
+    params["eval"]["core_dir"] = str(core)  # the copy sits elsewhere; missing -> skipped
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return root
+
+
+@pytest.fixture(scope="module")
+def env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LRT_", "DVC_"))}
+    env.update(
+        PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
+        OMP_NUM_THREADS="1",
+        DVC_NO_ANALYTICS="1",
+        GIT_AUTHOR_NAME="e2e",
+        GIT_AUTHOR_EMAIL="e2e@example.invalid",
+        GIT_COMMITTER_NAME="e2e",
+        GIT_COMMITTER_EMAIL="e2e@example.invalid",
+    )
+    env.pop("PYTHONPATH", None)
+    return env
+
+
+def test_dvc_repro_end_to_end(project: Path, env: dict[str, str]) -> None:
+    subprocess.run(["git", "init", "-q"], cwd=project, env=env, check=True)
+    if not (project / ".dvc" / "config").exists():
+        _dvc(project, "init", "-q", env=env)
+    subprocess.run(["git", "add", "-A"], cwd=project, env=env, check=True)
+    subprocess.run(["git", "commit", "-qm", "e2e"], cwd=project, env=env, check=True)
+
+    _dvc(project, "repro", env=env)
+
+    # Every stage's outputs.
+    raw = json.loads((project / "data/raw/manifest.json").read_text())
+    assert raw["documents"] > 0
+    stats = json.loads((project / "data/tokens/stats.json").read_text())
+    assert stats["vocab_size"] == 300 and stats["train_tokens"] > 0 and stats["val_tokens"] > 0
+    for variant in ("baseline", "lrt"):
+        run = project / "runs" / variant
+        for name in (
+            "model.pt",
+            "train_log.csv",
+            "val_log.csv",
+            "train_metrics.json",
+            "metrics.json",
+        ):
+            assert (run / name).is_file(), f"{run / name} missing"
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert math.isfinite(metrics["val_bpb"]) and 0 < metrics["val_bpb"] < 20, metrics
+        train_metrics = json.loads((run / "train_metrics.json").read_text())
+        assert train_metrics["step"] == 6
+    assert (project / "reports/report.md").is_file() and (project / "reports/report.html").is_file()
+    assert (project / "dvc.lock").is_file()
+
+    # DVC sees the metrics.
+    shown = json.loads(_dvc(project, "metrics", "show", "--json", env=env).stdout)
+    assert "runs/lrt/metrics.json" in json.dumps(shown)
+
+    # MLflow: one parent for the invocation, one child per stage and variant.
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlruns.db'}")
+    experiment = client.get_experiment_by_name("lrt")
+    runs = client.search_runs([experiment.experiment_id])
+    children = {r.info.run_name: r for r in runs if "mlflow.parentRunId" in r.data.tags}
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert set(children) == STAGE_RUNS
+    assert len(parents) == 1 and parents[0].info.run_name.startswith("dvc repro")
+    assert {r.data.tags["mlflow.parentRunId"] for r in children.values()} == {
+        parents[0].info.run_id
+    }
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert "val_bpb" in json.dumps(list(children["eval/lrt"].data.metrics))
+    assert children["train/lrt"].data.params["model.pathway"] == "shared"
+    assert client.get_metric_history(children["train/lrt"].info.run_id, "train/loss") or any(
+        k.endswith("loss") for k in children["train/lrt"].data.metrics
+    )
+
+    # Nothing changed: nothing reruns.
+    again = _dvc(project, "repro", env=env)
+    assert "Data and pipelines are up to date" in again.stdout + again.stderr, again.stdout
+    assert len(client.search_runs([experiment.experiment_id])) == len(runs)

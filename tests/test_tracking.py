@@ -1,0 +1,154 @@
+"""MLflow tracking against a real SQLite store in a temporary folder, read back with MlflowClient."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline import tracking
+from pipeline.settings import TrackingSettings
+from pipeline.tracking import PARENT_ENV, Tracker, flatten_metrics
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One SQLite store for the module: creating its tables takes seconds."""
+    return tmp_path_factory.mktemp("mlflow")
+
+
+def _settings(store: Path, experiment: str, **kw: object) -> TrackingSettings:
+    return TrackingSettings(
+        uri=f"sqlite:///{store / 'mlruns.db'}",
+        artifact_location=str(store / "artifacts"),
+        experiment=experiment,
+        **kw,
+    )
+
+
+def _runs(tracker: Tracker) -> dict[str, object]:
+    runs = tracker.client.search_runs([tracker.experiment_id])
+    return {run.info.run_name: run for run in runs}
+
+
+@pytest.fixture(autouse=True)
+def _no_parent_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(PARENT_ENV, raising=False)
+    monkeypatch.delenv("DVC_STAGE", raising=False)
+
+
+def test_disabled_tracking_is_a_no_op(tmp_path: Path) -> None:
+    tracker = Tracker(_settings(tmp_path, "off", enabled=False))
+    with tracker.pipeline("x") as parent, tracker.stage("train", variant="lrt") as run:
+        assert parent is None and run is None
+        tracking.log_metrics({"loss": 1.0}, step=1)  # no active run: nothing happens
+    assert not (tmp_path / "mlruns.db").exists()
+
+
+def test_parent_and_child_runs_with_params_metrics_artifacts(store: Path, tmp_path: Path) -> None:
+    tracker = Tracker(_settings(store, "nested"), project_dir=REPO, system_metrics=False)
+    artifact = tmp_path / "metrics.json"
+    artifact.write_text('{"bpb": 1.0}')
+    with tracker.pipeline("lrt-pipeline run") as parent:
+        assert os.environ[PARENT_ENV] == parent
+        with tracker.stage("tokenize", params={"tokenizer": {"vocab_size": 2048}}):
+            tracking.log_metrics({"tokenizer": {"bytes_per_token": 3.5}, "name": "skip me"})
+        with tracker.stage("train", variant="lrt", params={"model.depth": 2}) as child:
+            assert tracking.active_run_id() == child
+            for step in range(3):
+                tracking.log_metrics({"train/loss": 3.0 - step}, step=step)
+            tracking.log_metrics({"val": {"bpb": 1.25, "nan": float("nan")}})
+            tracking.log_artifact(artifact)
+            tracking.set_tags({"extra": 1})
+    assert PARENT_ENV not in os.environ
+    assert tracking.active_run_id() is None
+
+    runs = _runs(tracker)
+    assert set(runs) == {"lrt-pipeline run", "tokenize", "train/lrt"}
+    top = runs["lrt-pipeline run"]
+    assert top.info.run_id == parent and top.info.status == "FINISHED"
+    train = runs["train/lrt"]
+    assert train.data.tags["mlflow.parentRunId"] == parent
+    assert train.data.tags["lrt.stage"] == "train" and train.data.tags["lrt.variant"] == "lrt"
+    assert train.data.tags["extra"] == "1"
+    assert train.data.params["model.depth"] == "2"
+    assert train.data.metrics["val/bpb"] == 1.25 and "val/nan" not in train.data.metrics
+    assert train.info.status == "FINISHED"
+    history = tracker.client.get_metric_history(train.info.run_id, "train/loss")
+    assert [(m.step, m.value) for m in history] == [(0, 3.0), (1, 2.0), (2, 1.0)]
+    assert [a.path for a in tracker.client.list_artifacts(train.info.run_id)] == ["metrics.json"]
+    assert runs["tokenize"].data.params["tokenizer.vocab_size"] == "2048"
+    assert runs["tokenize"].data.metrics["tokenizer/bytes_per_token"] == 3.5
+
+
+def test_failed_stage_is_marked_failed(store: Path) -> None:
+    tracker = Tracker(_settings(store, "failing"), system_metrics=False)
+    with pytest.raises(RuntimeError), tracker.stage("eval", variant="baseline"):
+        raise RuntimeError("boom")
+    runs = _runs(tracker)
+    assert runs["eval/baseline"].info.status == "FAILED"
+    assert tracking.active_run_id() is None
+
+
+def test_parent_from_environment_is_joined(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tracker = Tracker(_settings(store, "env-parent"), system_metrics=False)
+    parent = tracker.client.create_run(tracker.experiment_id, run_name="outer").info.run_id
+    monkeypatch.setenv(PARENT_ENV, parent)
+    with tracker.stage("report"):
+        pass
+    assert _runs(tracker)["report"].data.tags["mlflow.parentRunId"] == parent
+
+
+def test_stages_of_one_dvc_invocation_share_a_parent(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stages of one `dvc repro` are separate processes under one dvc process; each finds the
+    parent the first created. (Fresh Tracker objects stand in for the stage processes.)"""
+    monkeypatch.setattr(tracking, "_ancestors", lambda: iter([4242]))
+    monkeypatch.setattr(
+        tracking, "_cmdline", lambda pid: ["/venv/bin/python", "/venv/bin/dvc", "repro"]
+    )
+    monkeypatch.setattr(tracking, "_start_time", lambda pid: "777")
+    settings = _settings(store, "dvc-like")
+    for name in ("download", "tokenize"):
+        monkeypatch.setenv("DVC_STAGE", name)
+        with Tracker(settings, system_metrics=False).stage(name):
+            pass
+    runs = _runs(Tracker(settings))
+    parents = {runs[name].data.tags["mlflow.parentRunId"] for name in ("download", "tokenize")}
+    assert len(parents) == 1
+    (parent,) = parents
+    top = next(run for run in runs.values() if run.info.run_id == parent)
+    assert top.info.run_name.startswith("dvc repro")
+    assert top.data.tags["lrt.invocation"] == "dvc:4242:777"
+    assert top.info.status == "FINISHED"
+    # Another dvc process gets its own parent.
+    monkeypatch.setattr(tracking, "_start_time", lambda pid: "778")
+    with Tracker(settings, system_metrics=False).stage("report"):
+        pass
+    assert _runs(Tracker(settings))["report"].data.tags["mlflow.parentRunId"] != parent
+
+
+def test_process_tree_helpers_read_proc() -> None:
+    if not Path("/proc/self/stat").exists():
+        pytest.skip("no /proc on this platform")
+    assert tracking._ppid(os.getpid()) == os.getppid()
+    assert tracking._cmdline(os.getpid())[0].endswith(("python", Path(sys.executable).name))
+    assert tracking._dvc_arg(["/v/bin/python", "/v/bin/dvc", "repro"]) == 1
+    assert tracking._dvc_arg(["python", "-m", "dvc", "exp", "run"]) == 2
+    assert tracking._dvc_arg(["dvc", "repro"]) == 0
+    assert tracking._dvc_arg(["python", "stages/train.py", "lrt"]) is None
+
+
+def test_flatten_metrics_keeps_finite_numbers_only() -> None:
+    assert flatten_metrics(
+        {"a": {"b": 1, "c": True, "d": "x"}, "e f": 2.5, "g(h)": float("inf")}
+    ) == {
+        "a/b": 1.0,
+        "a/c": 1.0,
+        "e f": 2.5,
+    }
