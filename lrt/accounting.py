@@ -133,13 +133,15 @@ def _as_model(model_or_cfg: Any):
 
         with torch.device("meta"):
             return LRT(model_or_cfg)
-    return model_or_cfg
+    from lrt.optim import unwrap_model
+
+    return unwrap_model(model_or_cfg)
 
 
 def _config(model_or_cfg: Any) -> LRTConfig:
     if isinstance(model_or_cfg, LRTConfig):
         return model_or_cfg
-    cfg = getattr(model_or_cfg, "config", None)
+    cfg = getattr(_as_model(model_or_cfg), "config", None)
     if not isinstance(cfg, LRTConfig):
         raise TypeError(f"expected an LRTConfig or an LRT model, got {type(model_or_cfg).__name__}")
     return cfg

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from lrt.model import KV, LRT
@@ -133,6 +134,19 @@ def sequential_forward(model: LRT, idx: Tensor) -> Tensor:
     b, t = idx.shape
     state = new_state(model, b, t)
     return torch.stack([decode_step(model, state, idx[:, i]) for i in range(t)], dim=1)
+
+
+@torch.no_grad()
+def sequential_losses(model: LRT, idx: Tensor, targets: Tensor) -> Tensor:
+    """Exact recurrent per-position losses (B, T) in nats (0 where targets == -1), computed
+    step by step so only (B, V) logits exist at a time."""
+    b, t = idx.shape
+    state = new_state(model, b, t)
+    out = torch.empty(b, t, device=idx.device, dtype=torch.float32)
+    for i in range(t):
+        logits = decode_step(model, state, idx[:, i])
+        out[:, i] = F.cross_entropy(logits, targets[:, i], ignore_index=-1, reduction="none")
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

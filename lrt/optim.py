@@ -36,6 +36,7 @@ __all__ = [
     "lr_multiplier",
     "muon_momentum",
     "param_groups",
+    "unwrap_model",
     "zeropower_via_newtonschulz",
 ]
 
@@ -243,6 +244,15 @@ class MuonAdamW(torch.optim.Optimizer):
 # Grouping a model's parameters
 
 
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The LRT inside torch.compile (`_orig_mod`) and DDP (`module`) wrappers."""
+    while True:
+        inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
+        if not isinstance(inner, nn.Module) or inner is model:
+            return model
+        model = inner
+
+
 def param_groups(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter]]]:
     """Classify every parameter of an LRT model by how it is optimised.
 
@@ -256,6 +266,7 @@ def param_groups(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter]]]:
         >>> [name for name, _ in groups["matrix"]], [name for name, _ in groups["scalar"]]
         (['blocks.weight'], ['blocks.bias'])
     """
+    model = unwrap_model(model)
     lm_head = getattr(model, "lm_head", None)
     head_ids = {id(p) for p in lm_head.parameters()} if isinstance(lm_head, nn.Module) else set()
     embed_ids = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
@@ -308,6 +319,7 @@ def build_optimizer(
     Example:
         >>> # opt = build_optimizer(model); loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
     """
+    model = unwrap_model(model)
     groups = param_groups(model)
     d_model = _model_dim(model)
     scale = (d_model / 768) ** -0.5

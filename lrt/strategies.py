@@ -259,18 +259,12 @@ _MODES = {
 }
 
 
-@torch.no_grad()
-def mode_logits(model: LRT, idx: Tensor, mode: str, strategy: StrategyConfig) -> Tensor:
-    """Logits (B, T, V) of an evaluation mode (see `LRT.token_losses`)."""
+def _eval_run(model: LRT, idx: Tensor, mode: str, strategy: StrategyConfig) -> Run:
     if mode not in _MODES:
         raise ValueError(f"unknown mode {mode!r}; expected one of {sorted(_MODES)}")
-    name = _MODES[mode]
-    if name == "sequential":
-        from lrt.decode import sequential_forward
-
-        return sequential_forward(model, idx)
     s = strategy
-    run = run_passes(
+    name = _MODES[mode]
+    return run_passes(
         model,
         idx,
         StrategyConfig(
@@ -281,18 +275,44 @@ def mode_logits(model: LRT, idx: Tensor, mode: str, strategy: StrategyConfig) ->
             refresh_kv=s.refresh_kv,
         ),
     )
-    return model.head(merged_hidden(run, idx.size(1)))
+
+
+@torch.no_grad()
+def mode_logits(model: LRT, idx: Tensor, mode: str, strategy: StrategyConfig) -> Tensor:
+    """Logits (B, T, V) of an evaluation mode (see `LRT.token_losses`)."""
+    if _MODES.get(mode) == "sequential":
+        from lrt.decode import sequential_forward
+
+        return sequential_forward(model, idx)
+    return model.head(merged_hidden(_eval_run(model, idx, mode, strategy), idx.size(1)))
 
 
 @torch.no_grad()
 def token_losses(
-    model: LRT, idx: Tensor, targets: Tensor, mode: str, strategy: StrategyConfig
+    model: LRT,
+    idx: Tensor,
+    targets: Tensor,
+    mode: str,
+    strategy: StrategyConfig,
+    rows: int = 256,
 ) -> Tensor:
-    """Per-position losses (B, T) in nats under `mode`; 0 where targets == -1."""
-    logits = mode_logits(model, idx, mode, strategy)
-    return F.cross_entropy(
-        logits.flatten(0, 1), targets.flatten(), ignore_index=-1, reduction="none"
-    ).view(targets.shape)
+    """Per-position losses (B, T) in nats under `mode`; 0 where targets == -1.
+
+    The head runs `rows` positions at a time, so full (B, T, V) logits never exist at once.
+    """
+    if _MODES.get(mode) == "sequential":
+        from lrt.decode import sequential_losses
+
+        return sequential_losses(model, idx, targets)
+    hidden = merged_hidden(_eval_run(model, idx, mode, strategy), idx.size(1))
+    out = torch.empty(targets.shape, device=idx.device, dtype=torch.float32)
+    for start in range(0, idx.size(1), rows):
+        logits = model.head(hidden[:, start : start + rows])
+        tg = targets[:, start : start + rows]
+        out[:, start : start + rows] = F.cross_entropy(
+            logits.flatten(0, 1), tg.flatten(), ignore_index=-1, reduction="none"
+        ).view(tg.shape)
+    return out
 
 
 class StrategyStep(nn.Module):

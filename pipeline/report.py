@@ -451,6 +451,10 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _round(v: float | None) -> int | None:
+    return None if v is None else round(v)
+
+
 def _delta(a: Any, b: Any) -> str:
     if isinstance(a, float) and isinstance(b, float):
         return f"{a - b:+.4f}"
@@ -514,7 +518,7 @@ def build_sections(
                     _fmt(r.final("effective_flops")),
                     _fmt(r.final("loss")),
                     _fmt(r.final("val_bpb")),
-                    _fmt(r.final("tokens_per_s")),
+                    _fmt(_round(r.final("tokens_per_s"))),
                     NA if mfu is None else f"{100 * mfu:.1f}%",
                 ]
             )

@@ -395,7 +395,9 @@ def _jsonl_docs(path: Path, lines: Iterable[bytes], stats: _Utf8Stats) -> Iterat
         try:
             obj = json.loads(stats.decode(line))
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{lineno}: invalid JSON ({e.msg}); fix or remove the line") from e
+            raise ValueError(
+                f"{path}:{lineno}: invalid JSON ({e.msg}); fix or remove the line"
+            ) from e
         text = obj.get("text") if isinstance(obj, dict) else None
         if not isinstance(text, str):
             raise ValueError(f'{path}:{lineno}: no string field "text" in this JSON line')

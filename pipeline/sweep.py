@@ -28,8 +28,8 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BUDGETS = (0.25, 0.5, 1.0)
-"""Tokens per scaling parameter. Tiny on purpose: the default sweep takes CPU minutes."""
+DEFAULT_BUDGETS = (0.25, 0.5)
+"""Tokens per scaling parameter. Tiny on purpose: the default sweep takes a few CPU minutes."""
 
 DEFAULT_METHODS: dict[str, dict[str, Any]] = {
     "baseline": {"model.pathway": "none", "strategy.name": "none"},
@@ -223,6 +223,7 @@ def run_sweep(
     *,
     options: SweepOptions | None = None,
     out_path: str | Path | None = None,
+    match_compute: bool = True,
 ) -> dict[str, Any]:
     """Train and evaluate every (budget, method) pair; write sweep.json and sweep.md.
 
@@ -234,6 +235,9 @@ def run_sweep(
             overrides; None = `DEFAULT_METHODS`. Name the baseline "baseline" for the table.
         options: Model/train/eval overrides for every run; None = `SweepOptions()` (tiny).
         out_path: Where to write the JSON; None = `{report.out_dir}/sweep.json`.
+        match_compute: Also train "baseline" at the budgets where its effective compute equals
+            each other method's at the largest budget (about 2x for interleaved S=2), so every
+            point has a baseline to compare with at equal compute.
 
     Returns:
         `{"runs": [record, ...], "equal_compute": [row, ...]}`; a record holds method,
@@ -242,7 +246,7 @@ def run_sweep(
     """
     import torch
 
-    from lrt.accounting import effective_compute
+    from lrt.accounting import effective_compute, flops_per_token
     from pipeline.checkpoint import atomic_write_text, load_model
     from pipeline.evaluation.run import _device, evaluate_model, load_tokenizer
     from pipeline.training import train
@@ -255,10 +259,22 @@ def run_sweep(
     token_bytes = tokenizer.token_byte_lengths()
     eval_s = settings.eval.model_copy(update=opts.eval)
     root = Path(settings.train.out_dir) / "sweep"
+    configs = {
+        name: _configs(settings, over, opts.model, tokenizer.vocab_size)
+        for name, over in method_over.items()
+    }
+    plan = {name: list(budgets) for name in configs}
+    if match_compute and "baseline" in configs:
+        base_fpt = flops_per_token(*configs["baseline"])
+        for name, (cfg, strat) in configs.items():
+            ratio = flops_per_token(cfg, strat) / base_fpt
+            extra = round(max(budgets) * ratio, 3)
+            if name != "baseline" and extra not in plan["baseline"]:
+                plan["baseline"].append(extra)
+        plan["baseline"].sort()
     records = []
-    for name, over in method_over.items():
-        model_cfg, strategy_cfg = _configs(settings, over, opts.model, tokenizer.vocab_size)
-        for r in budgets:
+    for name, (model_cfg, strategy_cfg) in configs.items():
+        for r in plan[name]:
             train_s = settings.train.model_copy(
                 update={**opts.train, "max_steps": None, "tokens_per_param": float(r)}
             )

@@ -420,6 +420,323 @@ def _plain(d: Mapping[str, Any]) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
+class _Run:
+    """One rank's training run: model, optimizer, data, logs and the step counter.
+
+    `train` drives it: `restore` (fresh or resume), `wrap` (compile / DDP), then `step` until
+    the budget is spent, with `log`, `evaluate` and `checkpoint` at their cadences.
+    """
+
+    def __init__(
+        self,
+        model_cfg: LRTConfig,
+        strategy_cfg: StrategyConfig,
+        ts: Any,
+        data_dir: Path,
+        out_dir: Path,
+        *,
+        token_bytes: np.ndarray | None,
+        tokenizer_hash: str | None,
+        variant: str,
+        keep_checkpoints: int,
+    ) -> None:
+        from lrt.model import LRT
+        from pipeline.loader import DataLoader
+        from pipeline.shards import read_manifest
+
+        self.ts, self.data_dir, self.out_dir, self.variant = ts, data_dir, out_dir, variant
+        self.model_cfg, self.strategy = model_cfg, strategy_cfg
+        self.token_bytes, self.tokenizer_hash = token_bytes, tokenizer_hash
+        self.ckpt_dir, self.keep = out_dir / "ckpt", keep_checkpoints
+        self.info = init_distributed(resolve_device(ts.device).type)
+        self.device = resolve_device(ts.device, self.info)
+        self.dtype = resolve_dtype(ts.dtype, self.device)
+        self.main = self.info.is_main
+
+        self.B, self.T = ts.device_batch_size, model_cfg.seq_len
+        self.accum = grad_accum_steps(ts.total_batch_tokens, self.B, self.T, self.info.world_size)
+        data_vocab = read_manifest(data_dir).vocab_size
+        if data_vocab > model_cfg.vocab_size:
+            raise ValueError(
+                f"the shards in {data_dir} use a vocabulary of {data_vocab} ids but the model has "
+                f"vocab_size={model_cfg.vocab_size}; build the model config from the tokenizer"
+            )
+
+        torch.manual_seed(ts.seed)
+        np.random.seed(ts.seed % 2**32)
+        random.seed(ts.seed)
+        with torch.device("meta"):
+            self.model = LRT(model_cfg)
+        self.model.to_empty(device=self.device)
+        self.model.init_weights()
+        self.model.train()
+        self.acct = model_accounting(self.model, strategy_cfg)
+        self.total_steps = plan_steps(ts, self.acct["scaling_params"])
+        self.fpt = self.acct["flops_per_token"]
+        self.peak = peak_flops(self.device)
+        self.optimizer = build_optimizer(
+            self.model,
+            matrix_lr=ts.matrix_lr,
+            embedding_lr=ts.embedding_lr,
+            unembedding_lr=ts.unembedding_lr,
+            scalar_lr=ts.scalar_lr,
+            weight_decay=ts.weight_decay,
+            distributed=self.info.enabled,
+        )
+        self.loader = DataLoader(
+            data_dir,
+            "train",
+            self.B,
+            self.T,
+            mode=ts.loader_mode,
+            seed=ts.seed,
+            rank=self.info.rank,
+            world_size=self.info.world_size,
+            tokenizer_hash=tokenizer_hash,
+        )
+        self.config = {
+            "model": _plain(model_cfg.to_dict()),
+            "strategy": _plain(asdict(strategy_cfg)),
+            "run": {
+                "total_steps": self.total_steps,
+                "total_batch_tokens": ts.total_batch_tokens,
+                "device_batch_size": self.B,
+                "seq_len": self.T,
+                "world_size": self.info.world_size,
+                "seed": ts.seed,
+                "loader_mode": ts.loader_mode,
+            },
+        }
+
+        self.eval_modes: tuple[str, ...] = ("init",)
+        if model_cfg.has_pathway and strategy_cfg.name in STRATEGY_EVAL_MODE:
+            self.eval_modes += (STRATEGY_EVAL_MODE[strategy_cfg.name],)
+        self.pass_cols = [f"pass{i}_loss" for i in range(n_passes(strategy_cfg, model_cfg))]
+        val_cols = ["val_loss", "val_bpb"] + [f"val_bpb_{m}" for m in self.eval_modes[1:]]
+        self.train_log = CsvLog(
+            out_dir / "train_log.csv",
+            ["step", "tokens", "effective_flops", "lr", "loss", *self.pass_cols, *val_cols,
+             "tokens_per_s", "mfu", "elapsed_s"],
+        )  # fmt: skip
+        self.val_log = CsvLog(
+            out_dir / "val_log.csv", ["step", "tokens", "effective_flops", *val_cols]
+        )
+
+        self.step = 0  # optimizer steps completed
+        self.elapsed = 0.0  # training seconds (validation excluded), across resumes
+        self.last_val: dict[str, float] = {}
+        self.step_module: nn.Module = TrainStep(self.model, strategy_cfg)
+        self._window = (time.perf_counter(), 0)  # (time, step) of the last log row
+
+    # -- setup ----------------------------------------------------------------------------------
+
+    def restore(self, resume: bool) -> None:
+        """Resume from the newest checkpoint, or clear the run folder for a fresh run."""
+        if resume:
+            found = load_latest(self.ckpt_dir, map_location="cpu")
+            if found is None:
+                raise CheckpointError(
+                    f"--resume: no loadable checkpoint in {self.ckpt_dir}; "
+                    "start the run without --resume"
+                )
+            path, state = found
+            for key in ("model", "strategy", "run"):
+                check_config(state["config"][key], self.config[key], key)
+            load_state_strict(self.model, state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.loader.load_state_dict(state["loader"][self.info.rank])
+            set_rng_state(state["rng"][self.info.rank])
+            self.step = int(state["step"])
+            self.elapsed = float(state["progress"].get("elapsed_s", 0.0))
+            self.last_val = dict(state["progress"].get("last_val", {}))
+            if self.main:
+                self.train_log.truncate_after(self.step)
+                self.val_log.truncate_after(self.step)
+                _say(f"{self.variant}: resumed from {path} at step {self.step}/{self.total_steps}")
+        elif self.main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            for _, old in list_checkpoints(self.ckpt_dir):
+                old.unlink()
+            self.train_log.reset()
+            self.val_log.reset()
+            (self.out_dir / "train_metrics.json").unlink(missing_ok=True)
+        if self.info.enabled:
+            dist.barrier()
+        self._window = (time.perf_counter(), self.step)
+
+    def wrap(self) -> None:
+        """torch.compile and/or DDP around the step module (the raw model stays `self.model`)."""
+        if self.ts.compile:
+            self.step_module = torch.compile(self.step_module)
+        if self.info.enabled:
+            # A pathway run with strategy "none" may leave pathway weights out of the graph.
+            unused = self.model_cfg.has_pathway and self.strategy.name == "none"
+            self.step_module = nn.parallel.DistributedDataParallel(
+                self.step_module,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=unused,
+            )
+
+    def params(self) -> dict[str, Any]:
+        """Parameters for the tracker."""
+        return {
+            **{f"model.{k}": v for k, v in self.config["model"].items()},
+            **{f"strategy.{k}": v for k, v in self.config["strategy"].items()},
+            **{f"run.{k}": v for k, v in self.config["run"].items()},
+            "params": self.acct["params"],
+            "scaling_params": self.acct["scaling_params"],
+            "flops_per_token": self.fpt,
+            "grad_accum": self.accum,
+            "device": str(self.device),
+        }
+
+    # -- work -----------------------------------------------------------------------------------
+
+    def train_step(self, batches: Iterator) -> tuple[torch.Tensor, list[float], float]:
+        """One optimizer step; returns (mean loss tensor, mean pass losses, LR multiplier)."""
+        ts = self.ts
+        lr_mult = lr_multiplier(
+            self.step, self.total_steps, ts.warmup_ratio, ts.warmdown_ratio, ts.final_lr_frac
+        )
+        self.optimizer.set_schedule(lr_mult, muon_momentum(self.step))
+        loss, pass_losses = accumulate_gradients(
+            self.step_module, batches, self.accum, device=self.device, dtype=self.dtype
+        )
+        if ts.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), ts.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return loss, pass_losses, lr_mult
+
+    def log_row(
+        self, loss: torch.Tensor, pass_losses: list[float], lr_mult: float, t0: float
+    ) -> dict[str, Any]:
+        """Synchronise, account the step's time (it began at `t0`) and build its log row
+        (losses averaged over ranks)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.elapsed += time.perf_counter() - t0
+        if self.info.enabled:
+            stats = torch.tensor([loss.item(), *pass_losses], device=self.device)
+            dist.all_reduce(stats)
+            values = (stats / self.info.world_size).tolist()
+        else:
+            values = [loss.item(), *pass_losses]
+        now = time.perf_counter()
+        t_last, step_last = self._window
+        tok_s = (self.step - step_last) * self.ts.total_batch_tokens / max(now - t_last, 1e-9)
+        self._window = (now, self.step)
+        tokens = self.step * self.ts.total_batch_tokens
+        return {
+            "step": self.step,
+            "tokens": tokens,
+            "effective_flops": self.fpt * tokens,
+            "lr": lr_mult * self.ts.matrix_lr,
+            "loss": values[0],
+            **dict(zip(self.pass_cols, values[1:], strict=False)),
+            "tokens_per_s": tok_s,
+            "mfu": self._mfu(tok_s),
+            "elapsed_s": self.elapsed,
+        }
+
+    def _mfu(self, tok_s: float | None) -> float | None:
+        if not self.peak or not tok_s:
+            return None
+        return self.fpt * tok_s / (self.peak * self.info.world_size)
+
+    def evaluate(self) -> dict[str, float]:
+        """Validation loss/BPB now; excluded from the tokens/s window."""
+        self.last_val = evaluate_bpb(
+            self.model,
+            self.data_dir,
+            token_bytes=self.token_bytes,
+            eval_tokens=self.ts.eval_tokens,
+            batch_size=self.B,
+            seq_len=self.T,
+            device=self.device,
+            dtype=self.dtype,
+            modes=self.eval_modes,
+            strategy=self.strategy,
+            info=self.info,
+            tokenizer_hash=self.tokenizer_hash,
+        )
+        self._window = (time.perf_counter(), self._window[1])
+        return self.last_val
+
+    def checkpoint(self) -> Path | None:
+        """Collective: gather every rank's loader and RNG state; rank 0 writes the file."""
+        state = {
+            "format_version": 1,
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "loader": _gather(self.loader.state_dict(), self.info),
+            "rng": _gather(rng_state(), self.info),
+            "config": self.config,
+            "progress": {
+                "tokens": self.step * self.ts.total_batch_tokens,
+                "elapsed_s": self.elapsed,
+                "last_val": self.last_val,
+            },
+        }
+        path = None
+        if self.main:
+            path = save_checkpoint(self.ckpt_dir, state, self.step, keep=self.keep)
+        if self.info.enabled:
+            dist.barrier()
+        return path
+
+    def stop_signal(self, local: int) -> int:
+        """The stop request (signal number or 0) agreed by all ranks."""
+        if not self.info.enabled:
+            return local
+        flag = torch.tensor([local], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag.item())
+
+    def finish(self, last_row: Mapping[str, Any]) -> dict[str, Any]:
+        """Final checkpoint, model.pt and train_metrics.json; returns the metrics."""
+        if not last_row:  # resumed a finished run: nothing trained, re-evaluate for the metrics
+            self.evaluate()
+        self.checkpoint()
+        tokens = self.step * self.ts.total_batch_tokens
+        tok_s = tokens / self.elapsed if self.elapsed > 0 else None
+        metrics: dict[str, Any] = {
+            "variant": self.variant,
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "tokens": tokens,
+            "effective_flops": self.fpt * tokens,
+            "flops_per_token": self.fpt,
+            "params": self.acct["params"],
+            "scaling_params": self.acct["scaling_params"],
+            "loss": last_row.get("loss"),
+            **self.last_val,
+            "tokens_per_s": tok_s,
+            "mfu": self._mfu(tok_s),
+            "elapsed_s": self.elapsed,
+            "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "world_size": self.info.world_size,
+            "grad_accum": self.accum,
+            "config": {**self.config, "train": _dump(self.ts)},
+        }
+        if self.main:
+            save_model(
+                self.out_dir / "model.pt",
+                self.model,
+                model_config=self.config["model"],
+                strategy_config=self.config["strategy"],
+                step=self.step,
+                progress={"tokens": tokens, "elapsed_s": self.elapsed},
+            )
+            atomic_write_text(
+                self.out_dir / "train_metrics.json", json.dumps(metrics, indent=2) + "\n"
+            )
+        return metrics
+
+
 def train(
     model_cfg: LRTConfig,
     strategy_cfg: StrategyConfig,
@@ -439,20 +756,22 @@ def train(
     """Train one model and write its logs, checkpoints and final weights into `out_dir`.
 
     Args:
-        model_cfg: Architecture (vocab size must match the shards).
+        model_cfg: Architecture (its vocabulary must cover the shards').
         strategy_cfg: Training strategy (pathway usage per step).
         train_settings: `pipeline.settings.TrainSettings` (batch, budget, LRs, cadence, device).
         data_dir: Folder of packed shards (train and val splits).
         out_dir: Run folder (`runs/<variant>`).
         resume: Continue from the newest loadable checkpoint in `out_dir/ckpt`.
-        tracker: Optional MLflow tracker (`pipeline.tracking`); None = no tracking.
+        tracker: None, or an object with `log_params`, `log_metrics(metrics, step=)` and
+            `log_artifact(path)` (e.g. the `pipeline.tracking` module); rank 0 logs to it.
         token_bytes: (vocab,) UTF-8 bytes per token for BPB; None = validation loss only.
-        tokenizer_hash: Checked against the shards' header when given.
-        variant: Name used in messages and metrics.
+        tokenizer_hash: Checked against the shards' headers when given.
+        variant: Name used in messages and metrics (default: the folder name).
         progress: Show a tqdm bar (default: when stderr is a terminal).
-        on_step: Called as `on_step(step, row)` after every step (rank 0 and others); raising
-            KeyboardInterrupt there behaves like Ctrl-C.
-        keep_checkpoints: How many periodic checkpoints to keep.
+        on_step: Called as `on_step(step, row)` after every step on every rank (`row` is empty
+            on steps that are not logged); raising KeyboardInterrupt there acts like Ctrl-C
+            (single process only: under DDP every rank must stop at the same step).
+        keep_checkpoints: How many checkpoints to keep.
 
     Returns:
         The final metrics (also written to `out_dir/train_metrics.json`).
@@ -460,371 +779,126 @@ def train(
     Raises:
         TrainingInterrupted: after SIGINT/SIGTERM, once the checkpoint is written.
         CheckpointError: `resume` with no usable checkpoint or one of another configuration.
-    """
-    from lrt.model import LRT
-    from pipeline.loader import DataLoader
+        ValueError: a batch geometry that does not divide, or a vocabulary smaller than the data's.
 
+    Example:
+        >>> m = train(LRTConfig(vocab_size=512, depth=2, seq_len=64), StrategyConfig(),
+        ...           TrainSettings(max_steps=10), "data/tokens", "runs/demo")  # doctest: +SKIP
+    """
     ts = train_settings
     out_dir = Path(out_dir)
-    ckpt_dir = out_dir / "ckpt"
-    variant = variant or out_dir.name
-    device_kind = resolve_device(ts.device).type
-    info = init_distributed(device_kind)
-    device = resolve_device(ts.device, info)
-    dtype = resolve_dtype(ts.dtype, device)
-    main = info.is_main
-    if progress is None:
-        progress = sys.stderr.isatty()
-
-    B, T = ts.device_batch_size, model_cfg.seq_len
-    accum = grad_accum_steps(ts.total_batch_tokens, B, T, info.world_size)
-
-    # -- model, optimizer, data -----------------------------------------------------------------
-    torch.manual_seed(ts.seed)
-    np.random.seed(ts.seed % 2**32)
-    random.seed(ts.seed)
-    with torch.device("meta"):
-        model = LRT(model_cfg)
-    model.to_empty(device=device)
-    model.init_weights()
-    model.train()
-    acct = model_accounting(model, strategy_cfg)
-    total_steps = plan_steps(ts, acct["scaling_params"])
-    optimizer = build_optimizer(
-        model,
-        matrix_lr=ts.matrix_lr,
-        embedding_lr=ts.embedding_lr,
-        unembedding_lr=ts.unembedding_lr,
-        scalar_lr=ts.scalar_lr,
-        weight_decay=ts.weight_decay,
-        distributed=info.enabled,
-    )
-    loader = DataLoader(
-        data_dir,
-        "train",
-        B,
-        T,
-        mode=ts.loader_mode,
-        seed=ts.seed,
-        rank=info.rank,
-        world_size=info.world_size,
+    run = _Run(
+        model_cfg,
+        strategy_cfg,
+        ts,
+        Path(data_dir),
+        out_dir,
+        token_bytes=token_bytes,
         tokenizer_hash=tokenizer_hash,
+        variant=variant or out_dir.name,
+        keep_checkpoints=keep_checkpoints,
     )
-
-    config = {
-        "model": _plain(model_cfg.to_dict()),
-        "strategy": _plain(asdict(strategy_cfg)),
-        "run": {
-            "total_steps": total_steps,
-            "total_batch_tokens": ts.total_batch_tokens,
-            "device_batch_size": B,
-            "seq_len": T,
-            "world_size": info.world_size,
-            "seed": ts.seed,
-            "loader_mode": ts.loader_mode,
-        },
-    }
-    train_dump = ts.model_dump(mode="json") if hasattr(ts, "model_dump") else dict(vars(ts))
-
-    eval_modes: tuple[str, ...] = ("init",)
-    if model_cfg.has_pathway and strategy_cfg.name in STRATEGY_EVAL_MODE:
-        eval_modes += (STRATEGY_EVAL_MODE[strategy_cfg.name],)
-    pass_cols = [f"pass{i}_loss" for i in range(n_passes(strategy_cfg, model_cfg))]
-    val_cols = ["val_loss", "val_bpb"] + [f"val_bpb_{m}" for m in eval_modes[1:]]
-    train_log = CsvLog(
-        out_dir / "train_log.csv",
-        [
-            "step",
-            "tokens",
-            "effective_flops",
-            "lr",
-            "loss",
-            *pass_cols,
-            *val_cols,
-            "tokens_per_s",
-            "mfu",
-            "elapsed_s",
-        ],
-    )
-    val_log = CsvLog(out_dir / "val_log.csv", ["step", "tokens", "effective_flops", *val_cols])
-
-    step, elapsed, last_val = 0, 0.0, {}
-    if resume:
-        found = load_latest(ckpt_dir, map_location="cpu")
-        if found is None:
-            raise CheckpointError(
-                f"--resume: no loadable checkpoint in {ckpt_dir}; start the run without --resume"
-            )
-        path, state = found
-        for key in ("model", "strategy", "run"):
-            check_config(state["config"][key], config[key], key)
-        load_state_strict(model, state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        loader.load_state_dict(state["loader"][info.rank])
-        set_rng_state(state["rng"][info.rank])
-        step = int(state["step"])
-        elapsed = float(state["progress"].get("elapsed_s", 0.0))
-        last_val = dict(state["progress"].get("last_val", {}))
-        if main:
-            train_log.truncate_after(step)
-            val_log.truncate_after(step)
-            print(
-                f"[train] {variant}: resumed from {path} at step {step}/{total_steps}",
-                file=sys.stderr,
-            )
-    elif main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for _, old in list_checkpoints(ckpt_dir):
-            old.unlink()
-        train_log.reset()
-        val_log.reset()
-        (out_dir / "train_metrics.json").unlink(missing_ok=True)
-    if info.enabled:
-        dist.barrier()
-
-    step_module: nn.Module = TrainStep(model, strategy_cfg)
-    if ts.compile:
-        step_module = torch.compile(step_module)
-    if info.enabled:
-        unused = model_cfg.has_pathway and strategy_cfg.name == "none"
-        step_module = nn.parallel.DistributedDataParallel(
-            step_module,
-            device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=unused,
-        )
-
-    tokens_per_step = ts.total_batch_tokens
-    fpt = acct["flops_per_token"]
-    peak = peak_flops(device)
-
-    if tracker is not None and main:
-        _track(
-            tracker,
-            "log_params",
-            {
-                **{f"model.{k}": v for k, v in config["model"].items()},
-                **{f"strategy.{k}": v for k, v in config["strategy"].items()},
-                **{f"run.{k}": v for k, v in config["run"].items()},
-                "params": acct["params"],
-                "scaling_params": acct["scaling_params"],
-                "flops_per_token": fpt,
-                "grad_accum": accum,
-                "device": str(device),
-            },
-        )
-
-    def run_eval() -> dict[str, float]:
-        return evaluate_bpb(
-            model,
-            data_dir,
-            token_bytes=token_bytes,
-            eval_tokens=ts.eval_tokens,
-            batch_size=B,
-            seq_len=T,
-            device=device,
-            dtype=dtype,
-            modes=eval_modes,
-            strategy=strategy_cfg,
-            info=info,
-            tokenizer_hash=tokenizer_hash,
-        )
-
-    def checkpoint(at_step: int) -> Path | None:
-        state = {
-            "format_version": 1,
-            "step": at_step,
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "loader": _gather(loader.state_dict(), info),
-            "rng": _gather(rng_state(), info),
-            "config": config,
-            "progress": {
-                "tokens": at_step * tokens_per_step,
-                "elapsed_s": elapsed,
-                "last_val": last_val,
-            },
-        }
-        path = save_checkpoint(ckpt_dir, state, at_step, keep=keep_checkpoints) if main else None
-        if info.enabled:
-            dist.barrier()
-        return path
-
+    run.restore(resume)
+    run.wrap()
+    track = tracker is not None and run.main
+    if track:
+        _track(tracker, "log_params", run.params())
     bar = None
-    if main and progress:
+    if run.main and (sys.stderr.isatty() if progress is None else progress):
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total_steps, initial=step, desc=variant, unit="step", dynamic_ncols=True)
+        bar = tqdm(total=run.total_steps, initial=run.step, desc=run.variant, unit="step",
+                   dynamic_ncols=True)  # fmt: skip
 
-    batches = iter(loader)
-    stop = _StopFlag()
-    t_window, step_window = time.perf_counter(), step
+    batches = iter(run.loader)
     last_row: dict[str, Any] = {}
-    at_boundary = True
+    at_boundary = True  # the model, optimizer and loader agree on `run.step`
+    stop = _StopFlag()
     try:
         with stop:
-            while step < total_steps:
+            while run.step < run.total_steps:
                 at_boundary = False
                 t0 = time.perf_counter()
-                lr_mult = lr_multiplier(
-                    step, total_steps, ts.warmup_ratio, ts.warmdown_ratio, ts.final_lr_frac
-                )
-                optimizer.set_schedule(lr_mult, muon_momentum(step))
-                loss, pass_losses = accumulate_gradients(
-                    step_module, batches, accum, device=device, dtype=dtype
-                )
-                if ts.grad_clip > 0:
-                    nn.utils.clip_grad_norm_(model.parameters(), ts.grad_clip)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
+                loss, pass_losses, lr_mult = run.train_step(batches)
                 at_boundary = True
-
-                is_last = step == total_steps
+                step, is_last = run.step, run.step == run.total_steps
                 do_eval = is_last or (ts.eval_every > 0 and step % ts.eval_every == 0)
-                do_log = do_eval or step % ts.log_every == 0 or step == 1
                 row: dict[str, Any] = {}
-                if do_log:
-                    if device.type == "cuda":
-                        torch.cuda.synchronize(device)
-                    if info.enabled:
-                        stats = torch.tensor([loss.item(), *pass_losses], device=device)
-                        dist.all_reduce(stats)
-                        stats = (stats / info.world_size).tolist()
-                        loss_v, pass_losses = stats[0], stats[1:]
-                    else:
-                        loss_v = loss.item()
-                    now = time.perf_counter()
-                    elapsed += now - t0
-                    tok_s = (step - step_window) * tokens_per_step / max(now - t_window, 1e-9)
-                    t_window, step_window = now, step
-                    mfu = fpt * tok_s / (peak * info.world_size) if peak else None
-                    row = {
-                        "step": step,
-                        "tokens": step * tokens_per_step,
-                        "effective_flops": fpt * step * tokens_per_step,
-                        "lr": lr_mult * ts.matrix_lr,
-                        "loss": loss_v,
-                        **{c: v for c, v in zip(pass_cols, pass_losses, strict=False)},
-                        "tokens_per_s": tok_s,
-                        "mfu": mfu,
-                        "elapsed_s": elapsed,
-                    }
-                    if do_eval:  # excluded from elapsed time and tokens/s
-                        last_val = run_eval()
-                        row.update(last_val)
-                        t_window = time.perf_counter()
-                    if main:
-                        train_log.append(row)
+                if do_eval or step % ts.log_every == 0 or step == 1:
+                    row = run.log_row(loss, pass_losses, lr_mult, t0)
+                    if do_eval:
+                        row.update(run.evaluate())
+                    if run.main:
+                        run.train_log.append(row)
                         if do_eval:
-                            val_log.append(row)
-                        if tracker is not None:
-                            _track(tracker, "log_metrics", _metric_names(row), step=step)
+                            run.val_log.append(row)
+                    if track:
+                        _track(tracker, "log_metrics", _metric_names(row), step=step)
                     last_row = row
                 else:
-                    elapsed += time.perf_counter() - t0
+                    run.elapsed += time.perf_counter() - t0
                 if ts.checkpoint_every and step % ts.checkpoint_every == 0 and not is_last:
-                    checkpoint(step)
+                    run.checkpoint()
                 if bar is not None:
                     bar.update(1)
                     if row:
-                        post = {
-                            "loss": f"{row['loss']:.4f}",
-                            "tok/s": f"{row['tokens_per_s']:,.0f}",
-                        }
-                        if row.get("mfu") is not None:
-                            post["mfu"] = f"{100 * row['mfu']:.1f}%"
-                        if "val_bpb" in row:
-                            post["val_bpb"] = f"{row['val_bpb']:.4f}"
-                        bar.set_postfix(post, refresh=False)
+                        bar.set_postfix(_postfix(row), refresh=False)
                 if on_step is not None:
                     on_step(step, row)
-                flag = stop.signum
-                if info.enabled:
-                    f = torch.tensor([flag], device=device)
-                    dist.all_reduce(f, op=dist.ReduceOp.MAX)
-                    flag = int(f.item())
-                if flag and not is_last:
-                    raise _Stop(flag)
+                signum = run.stop_signal(stop.signum)
+                if signum and not is_last:
+                    raise _Stop(signum)
     except (KeyboardInterrupt, _Stop) as exc:
-        loader.close()
+        run.loader.close()
         if bar is not None:
             bar.close()
-        signum = exc.signum if isinstance(exc, _Stop) else signal.SIGINT
         if not at_boundary:
-            if main:
-                print(
-                    f"[train] {variant}: aborted mid-step {step + 1}; no checkpoint written. "
-                    f"Resume from the last periodic checkpoint in {ckpt_dir} with --resume.",
-                    file=sys.stderr,
-                )
+            if run.main:
+                _say(f"{run.variant}: aborted during step {run.step + 1}; no checkpoint written. "
+                     f"Resume from the last checkpoint in {run.ckpt_dir} with --resume.")  # fmt: skip
             raise
-        path = checkpoint(step)
+        path = run.checkpoint()
         msg = (
-            f"[train] {variant}: interrupted at step {step}/{total_steps}; checkpoint written to "
-            f"{path or ckpt_dir}. Resume with `lrt-pipeline train --variant {variant} --resume` "
-            "(or train_variant(..., resume=True))."
+            f"{run.variant}: interrupted at step {run.step}/{run.total_steps}; checkpoint written "
+            f"to {path or run.ckpt_dir}. Resume with `lrt-pipeline train --variant {run.variant} "
+            "--resume` (or train_variant(..., resume=True))."
         )
-        if main:
-            print(msg, file=sys.stderr)
+        if run.main:
+            _say(msg)
+        signum = exc.signum if isinstance(exc, _Stop) else signal.SIGINT
         raise TrainingInterrupted(128 + int(signum), msg, path) from None
     except BaseException:
-        loader.close()
+        run.loader.close()
         raise
-    loader.close()
+    run.loader.close()
     if bar is not None:
         bar.close()
 
-    # -- final outputs ------------------------------------------------------------------------
-    if not last_row:  # resumed a finished run: nothing trained, re-evaluate for the metrics
-        last_val = run_eval()
-    final_ckpt = checkpoint(step)
-    tok_s_run = (step * tokens_per_step / elapsed) if elapsed > 0 else None  # whole run
-    metrics: dict[str, Any] = {
-        "variant": variant,
-        "step": step,
-        "total_steps": total_steps,
-        "tokens": step * tokens_per_step,
-        "effective_flops": fpt * step * tokens_per_step,
-        "flops_per_token": fpt,
-        "params": acct["params"],
-        "scaling_params": acct["scaling_params"],
-        "loss": last_row.get("loss"),
-        **last_val,
-        "tokens_per_s": tok_s_run,
-        "mfu": fpt * tok_s_run / (peak * info.world_size) if peak and tok_s_run else None,
-        "elapsed_s": elapsed,
-        "device": str(device),
-        "dtype": str(dtype).removeprefix("torch."),
-        "world_size": info.world_size,
-        "grad_accum": accum,
-        "config": {**config, "train": train_dump},
-    }
-    if main:
-        save_model(
-            out_dir / "model.pt",
-            model,
-            model_config=config["model"],
-            strategy_config=config["strategy"],
-            step=step,
-            progress={"tokens": step * tokens_per_step, "elapsed_s": elapsed},
-        )
-        atomic_write_text(out_dir / "train_metrics.json", json.dumps(metrics, indent=2) + "\n")
-        if tracker is not None:
-            _track(
-                tracker,
-                "log_metrics",
-                {
-                    f"final/{k}": v
-                    for k, v in metrics.items()
-                    if isinstance(v, int | float) and not isinstance(v, bool)
-                },
-                step=step,
-            )
-            for name in ("train_log.csv", "val_log.csv", "train_metrics.json"):
-                if (out_dir / name).is_file():
-                    _track(tracker, "log_artifact", out_dir / name)
-        del final_ckpt
+    metrics = run.finish(last_row)
+    if track:
+        finals = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
+        _track(tracker, "log_metrics", {f"final/{k}": v for k, v in finals.items()}, step=run.step)
+        for name in ("train_log.csv", "val_log.csv", "train_metrics.json"):
+            if (out_dir / name).is_file():
+                _track(tracker, "log_artifact", out_dir / name)
     return metrics
+
+
+def _say(msg: str) -> None:
+    print(f"[train] {msg}", file=sys.stderr, flush=True)
+
+
+def _dump(ts: Any) -> dict[str, Any]:
+    return ts.model_dump(mode="json") if hasattr(ts, "model_dump") else dict(vars(ts))
+
+
+def _postfix(row: Mapping[str, Any]) -> dict[str, str]:
+    post = {"loss": f"{row['loss']:.4f}", "tok/s": f"{row['tokens_per_s']:,.0f}"}
+    if row.get("mfu") is not None:
+        post["mfu"] = f"{100 * row['mfu']:.1f}%"
+    if "val_bpb" in row:
+        post["val_bpb"] = f"{row['val_bpb']:.4f}"
+    return post
 
 
 class _Stop(Exception):

@@ -201,3 +201,38 @@ def test_dvc_repro_end_to_end(project: Path, env: dict[str, str]) -> None:
     again = _dvc(project, "repro", env=env)
     assert "Data and pipelines are up to date" in again.stdout + again.stderr, again.stdout
     assert len(client.search_runs([experiment.experiment_id])) == len(runs)
+
+
+def test_cli_run_end_to_end(project: Path, env: dict[str, str]) -> None:
+    """`lrt-pipeline run` (no DVC): the same stages in one process, under one parent run."""
+    out = project / "cli"
+    overrides = {
+        "data.raw_dir": out / "raw",
+        "tokenizer.out_dir": out / "tokens",
+        "train.out_dir": out / "runs",
+        "report.out_dir": out / "reports",
+        "tracking.experiment": "cli",
+    }
+    args = [str(VENV_BIN / "lrt-pipeline"), "run"]
+    for key, value in overrides.items():
+        args += ["--set", f"{key}={value}"]
+    result = subprocess.run(args, cwd=project, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    assert "report:" in result.stdout
+    for variant in ("baseline", "lrt"):
+        metrics = json.loads((out / "runs" / variant / "metrics.json").read_text())
+        assert math.isfinite(metrics["val_bpb"])
+    assert (out / "reports" / "report.html").is_file()
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlruns.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("cli").experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert [p.info.run_name for p in parents] == ["lrt-pipeline run"]
+    children = {
+        r.info.run_name
+        for r in runs
+        if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id
+    }
+    assert children == STAGE_RUNS

@@ -113,7 +113,9 @@ def test_last_batch_is_short_and_targets_shift_inputs(data):
     loader = DataLoader(root, "train", 7, 64, mode="contiguous", shuffle=False, epochs=1)
     bs = batches(loader)
     n_windows = sum((len(s["tokens"]) - 1) // 64 for s in shards)
-    assert [len(x) for x, _ in bs] == [7] * (n_windows // 7) + ([n_windows % 7] if n_windows % 7 else [])
+    assert [len(x) for x, _ in bs] == [7] * (n_windows // 7) + (
+        [n_windows % 7] if n_windows % 7 else []
+    )
     for x, y in bs:
         assert torch.equal(x[:, 1:], y[:, :-1])
 

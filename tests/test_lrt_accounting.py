@@ -69,8 +69,9 @@ def test_param_counts_match_the_model(kwargs):
     assert counts["scaling_params"] == mats + counts["lm_head"]
     assert counts["non_embedding"] == counts["total"] - counts["embedding"]
     assert counts["pathway_frac_total"] == pytest.approx(counts["pathway"] / counts["total"])
-    # a config gives the same counts (built on the meta device)
+    # a config gives the same counts (built on the meta device), and so do wrapped models
     assert param_counts(cfg) == counts
+    assert param_counts(torch.compile(model)) == counts
 
 
 def test_pathway_sizes_by_hand():

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from pipeline.shards import (
     ShardFormatError,
@@ -131,6 +133,31 @@ def test_pack_matches_reference_reader(tmp_path, compression, tok):
     assert m.total_tokens == len(want) and m.documents == len(docs)
     assert m.token_dtype == ("uint16" if tok.vocab_size <= 65536 else "uint32")
     assert not list(tmp_path.glob("*.tmp"))
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    docs=st.lists(st.text(max_size=40), max_size=30),
+    shard_tokens=st.integers(1, 50),
+    chunk_tokens=st.sampled_from([4, 8, 64]),
+    compression=st.sampled_from(["none", "zstd"]),
+)
+def test_pack_roundtrip_property(tmp_path_factory, docs, shard_tokens, chunk_tokens, compression):
+    tok = ByteTokenizer()
+    out = tmp_path_factory.mktemp("prop")
+    if not any(docs):
+        with pytest.raises(ValueError, match="empty corpus"):
+            pack(docs, tok, out)
+        return
+    m = pack(docs, tok, out, shard_tokens=shard_tokens, chunk_tokens=chunk_tokens,
+             compression=compression, val_fraction=0.0)  # fmt: skip
+    tokens, starts = all_tokens(m, "train")
+    want = expected_stream(tok, docs)
+    np.testing.assert_array_equal(tokens, want)
+    np.testing.assert_array_equal(starts, np.flatnonzero(want == tok.bos_id))
+    assert all(e.tokens == shard_tokens for e in m.splits["train"][:-1])
 
 
 def test_documents_split_across_shards_index_only_true_starts(tmp_path):
@@ -356,3 +383,34 @@ def test_corrupt_manifest(shard):
     (path.parent / "manifest.json").write_text("{not json")
     with pytest.raises(ShardFormatError, match="manifest.json"):
         read_manifest(path.parent)
+
+
+# --- the real tokenizer -------------------------------------------------------------------------
+
+
+def test_rust_tokenizer_fast_path_equals_python_path(tmp_path):
+    """`pack` with `pipeline.tokenizer.Tokenizer` encodes in Rust (GIL released, all cores);
+    the result must be byte-identical to encoding through its Python `encode_batch`."""
+    tokenizer = pytest.importorskip("pipeline.tokenizer")
+    from pipeline import shards
+
+    docs = docs_corpus(200) + ["naïve café ☕ <|bos|> 12345"]
+    tok = tokenizer.Tokenizer.train(docs, vocab_size=400)
+    assert shards._rust_tokenizer(tok) is not None
+
+    class PythonPath:  # the same tokenizer, seen only through its Python API
+        vocab_size, bos_id, hash = tok.vocab_size, tok.bos_id, tok.hash
+
+        def encode_batch(self, texts):
+            return tok.encode_batch(texts)
+
+    assert shards._rust_tokenizer(PythonPath()) is None
+    fast = pack(docs, tok, tmp_path / "fast", shard_tokens=2000, val_fraction=0.1)
+    slow = pack(docs, PythonPath(), tmp_path / "slow", shard_tokens=2000, val_fraction=0.1)
+    for split in ("train", "val"):
+        assert [e.sha256 for e in fast.splits[split]] == [e.sha256 for e in slow.splits[split]]
+    tokens, _ = all_tokens(fast, "train")
+    val, _ = all_tokens(fast, "val")
+    assert sorted(np.concatenate([tokens, val]).tolist()) == sorted(
+        expected_stream(tok, docs).tolist()
+    )

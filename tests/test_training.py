@@ -237,6 +237,9 @@ def test_resume_is_exact(data_dir: Path, tmp_path: Path) -> None:
 
 def test_resume_errors(data_dir: Path, tmp_path: Path) -> None:
     cfg, strat = _cfgs()
+    small = LRTConfig(vocab_size=100, **LRT_CFG)
+    with pytest.raises(ValueError, match="vocabulary of .* ids but the model has vocab_size=100"):
+        train(small, strat, _settings(), data_dir, tmp_path / "small", progress=False)
     with pytest.raises(CheckpointError, match="no loadable checkpoint"):
         train(cfg, strat, _settings(), data_dir, tmp_path / "none", resume=True, progress=False)
     train(cfg, strat, _settings(max_steps=2), data_dir, tmp_path / "r", progress=False)
@@ -344,6 +347,7 @@ print("RESULT", m["world_size"], m["grad_accum"], m["step"], flush=True)
 """
 
 
+@pytest.mark.slow
 def test_ddp_two_gloo_processes(data_dir: Path, tmp_path: Path) -> None:
     """torchrun with 2 gloo ranks: a clear error for a batch that does not split, then a run
     that finishes on both ranks with one checkpoint (per-rank loader/RNG states) from rank 0."""
@@ -390,3 +394,25 @@ def test_ddp_two_gloo_processes(data_dir: Path, tmp_path: Path) -> None:
     assert ckpt["config"]["run"]["world_size"] == 2
     assert [int(r["step"]) for r in _log(out)] == [1, 2, 3]  # rank 0 alone wrote the log
     assert (out / "model.pt").is_file()
+
+
+def test_train_variant_from_settings(data_dir: Path, tmp_path: Path) -> None:
+    from pipeline.settings import load_settings
+    from pipeline.training import train_variant
+
+    overrides = [f"model.{k}={v}" for k, v in LRT_CFG.items()] + [
+        f"tokenizer.out_dir={data_dir}",
+        f"train.out_dir={tmp_path / 'runs'}",
+        "train.device=cpu",
+        "train.max_steps=2",
+        "train.device_batch_size=2",
+        f"train.total_batch_tokens={2 * SEQ}",
+        "train.eval_tokens=128",
+    ]
+    settings = load_settings(None, overrides)
+    m = train_variant(settings, "lrt")
+    assert m["variant"] == "lrt" and m["step"] == 2
+    assert m["config"]["model"]["pathway"] == "shared"
+    assert m["config"]["train"]["max_steps"] == 2
+    saved = json.loads((tmp_path / "runs" / "lrt" / "train_metrics.json").read_text())
+    assert saved["config"]["strategy"]["name"] == "interleaved"

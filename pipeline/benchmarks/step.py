@@ -303,14 +303,16 @@ def run(
             "decode_tokens": decode_tokens,
             "dtype": "bf16 autocast" if dev.type == "cuda" else "fp32",
         },
-        "params": {
-            "baseline": accounting.param_counts(base_cfg)["total"],
-            "lrt": accounting.param_counts(lrt_cfg)["total"],
-        },
+        "params": {},
         "train": {},
         "decode": {},
         "errors": {},
     }
+    try:
+        for name, cfg in (("baseline", base_cfg), ("lrt", lrt_cfg)):
+            result["params"][name] = accounting.param_counts(cfg)["total"]
+    except Exception as exc:  # noqa: BLE001 - the model may not be importable yet
+        result["errors"]["params"] = _describe(exc)
     kw = dict(steps=steps, warmup=warmup, batch_size=batch_size, compile_model=compile)
 
     runs = [("baseline", base_cfg, StrategyConfig())] + [(label(s), lrt_cfg, s) for s in sts]

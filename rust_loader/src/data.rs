@@ -18,6 +18,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
 use crate::errors::{ShardFormatError, TokenizerMismatchError};
+use crate::tokenizer::PyTokenizer;
 
 /// The one mapping from `DataError` to a Python exception.
 fn to_py(e: DataError) -> PyErr {
@@ -44,17 +45,16 @@ fn hash32(b: &[u8]) -> PyResult<[u8; 32]> {
 // Shards
 // ---------------------------------------------------------------------------------------------
 
-/// Reads and fully verifies one shard: `(header: dict, tokens: ndarray, doc_starts: ndarray)`.
-/// Tokens are uint16 or uint32 as stored, moved into numpy without a copy.
-#[pyfunction]
-fn read_shard<'py>(
-    py: Python<'py>,
-    path: PathBuf,
-) -> PyResult<(
+type ShardRead<'py> = (
     Bound<'py, PyDict>,
     Bound<'py, PyAny>,
     Bound<'py, PyArray1<u64>>,
-)> {
+);
+
+/// Reads and fully verifies one shard: `(header: dict, tokens: ndarray, doc_starts: ndarray)`.
+/// Tokens are uint16 or uint32 as stored, moved into numpy without a copy.
+#[pyfunction]
+fn read_shard<'py>(py: Python<'py>, path: PathBuf) -> PyResult<ShardRead<'py>> {
     enum Toks {
         U16(Vec<u16>),
         U32(Vec<u32>),
@@ -165,6 +165,19 @@ impl PyPacker {
             }))
         })
         .map_err(to_py)
+    }
+
+    /// Encodes `texts` with the Rust tokenizer on all cores (GIL released) and appends them.
+    fn add_texts(
+        &mut self,
+        py: Python<'_>,
+        texts: Vec<String>,
+        tokenizer: PyRef<'_, PyTokenizer>,
+    ) -> PyResult<()> {
+        let tok = tokenizer.inner.clone();
+        let packer = self.get()?;
+        py.detach(|| packer.try_add_documents(&texts, &|s: &str| tok.encode_ordinary(s)))
+            .map_err(to_py)
     }
 
     /// Flushes, renames shards into place, writes the manifest (with `source`, a JSON object
@@ -322,7 +335,7 @@ impl PyBatchStream {
 
     /// Blocks (GIL released) for the next batch: `(slot, rows)` or None at the end.
     fn next(&self, py: Python<'_>) -> PyResult<Option<(usize, usize)>> {
-        py.detach(|| self.inner.lock().expect("poisoned").next())
+        py.detach(|| self.inner.lock().expect("poisoned").next_batch())
             .map_err(to_py)
     }
 

@@ -234,7 +234,7 @@ impl ShardHeader {
                 h.bos_id, h.vocab_size
             )));
         }
-        if h.chunk_tokens == 0 || h.chunk_tokens % 4 != 0 {
+        if h.chunk_tokens == 0 || h.chunk_tokens & 3 != 0 {
             return Err(bad(format!(
                 "chunk size {} tokens is not a positive multiple of 4",
                 h.chunk_tokens
@@ -299,7 +299,7 @@ fn to_le_bytes(tokens: &[u32], dtype: TokenDtype) -> Vec<u8> {
 
 /// Encodes a whole shard file in memory (the writer's one source of layout truth).
 pub fn encode_shard(meta: &ShardMeta, tokens: &[u32], doc_starts: &[u64]) -> Result<Vec<u8>> {
-    if meta.chunk_tokens == 0 || meta.chunk_tokens % 4 != 0 {
+    if meta.chunk_tokens == 0 || meta.chunk_tokens & 3 != 0 {
         return Err(DataError::Invalid(format!(
             "chunk_tokens {} must be a positive multiple of 4 (keeps raw chunks 8-aligned)",
             meta.chunk_tokens
@@ -553,7 +553,7 @@ impl Shard {
                     c.offset, c.stored_len
                 )));
             }
-            let end = c.offset.checked_add(c.stored_len).unwrap_or(u64::MAX);
+            let end = c.offset.saturating_add(c.stored_len);
             if end > len {
                 return Err(bad(format!(
                     "truncated: chunk {i} ends at byte {end} but the file is {len} bytes"

@@ -456,8 +456,8 @@ impl Prefetcher {
     /// # Safety
     /// Each slot must point to `len` writable bytes, not aliased by anything that writes,
     /// that stay valid until this `Prefetcher` is dropped (its `Drop` joins the thread).
-    /// The caller reads a slot only between `next` returning it and the `prefetch`-th
-    /// following call of `next`.
+    /// The caller reads a slot only between `next_batch` returning it and the `prefetch`-th
+    /// following call of `next_batch`.
     pub unsafe fn new(mut sampler: Sampler, slots: Vec<SlotPtr>, prefetch: usize) -> Result<Self> {
         let need = sampler.row_bytes() * sampler.cfg.batch_size;
         if prefetch == 0 || slots.len() != prefetch + 1 {
@@ -514,7 +514,7 @@ impl Prefetcher {
     }
 
     /// Blocks for the next batch: `Some((slot, rows))`, or `None` at the end of the epochs.
-    pub fn next(&mut self) -> Result<Option<(usize, usize)>> {
+    pub fn next_batch(&mut self) -> Result<Option<(usize, usize)>> {
         if self.done {
             return Ok(None);
         }
@@ -547,7 +547,7 @@ impl Prefetcher {
         }
     }
 
-    /// State after the last batch returned by `next` (not after what is prefetched).
+    /// State after the last batch returned by `next_batch` (not after what is prefetched).
     pub fn state(&self) -> &LoaderState {
         &self.state
     }

@@ -66,7 +66,7 @@ impl PackConfig {
         if self.shard_tokens == 0 {
             return inv("shard_tokens must be positive".into());
         }
-        if self.chunk_tokens == 0 || self.chunk_tokens % 4 != 0 {
+        if self.chunk_tokens == 0 || self.chunk_tokens & 3 != 0 {
             return inv(format!(
                 "chunk_tokens {} must be a positive multiple of 4",
                 self.chunk_tokens

@@ -252,7 +252,7 @@ fn prefetcher_matches_sampler() {
         .collect();
     let mut p = unsafe { Prefetcher::new(s, slots, 2) }.unwrap();
     let mut got = Vec::new();
-    while let Some((slot, n)) = p.next().unwrap() {
+    while let Some((slot, n)) = p.next_batch().unwrap() {
         // SAFETY: the slot is ours until two more batches are drawn.
         let b = unsafe { std::slice::from_raw_parts(bufs[slot].as_ptr(), rb * n) };
         got.extend(b.chunks(rb).map(|r| r.to_vec()));

@@ -1,0 +1,382 @@
+"""The settings of each pipeline component: one pydantic model per section of params.yaml.
+
+Every model forbids unknown keys and documents each field (attribute docstrings, shown by
+`lrt-pipeline config show` and docs/PIPELINE.md). `pipeline.settings` composes them into
+`Settings` and layers params.yaml, the environment and `--set` overrides on top; import them
+from there.
+
+Example:
+    >>> ModelSettings(depth=2, n_embd=64, n_head=2).to_config(vocab_size=97).head_dim
+    32
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+if TYPE_CHECKING:
+    from lrt.config import LRTConfig, StrategyConfig
+
+FINEWEB_EDU_URL = "https://huggingface.co/datasets/karpathy/fineweb-edu-100b-shuffle/resolve/main"
+
+__all__ = [
+    "PATH_FIELDS",
+    "SECTIONS",
+    "DataSettings",
+    "EvalSettings",
+    "ModelSettings",
+    "ReportSettings",
+    "SettingsError",
+    "StrategySettings",
+    "TokenizerSettings",
+    "TrackingSettings",
+    "TrainSettings",
+]
+
+
+class SettingsError(ValueError):
+    """A user-facing configuration mistake: unknown key, bad value, unreadable config file."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", use_attribute_docstrings=True, validate_assignment=True
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Sections
+# ---------------------------------------------------------------------------------------------
+
+
+class DataSettings(_Section):
+    """Where raw documents come from (stage `download`)."""
+
+    source: Literal["builtin", "fineweb-edu", "files"] = "builtin"
+    """`builtin`: the running Python's standard-library sources (offline, always present);
+    `fineweb-edu`: parquet shards of karpathy/fineweb-edu-100b-shuffle over HTTPS;
+    `files`: the local files listed in `paths`."""
+    paths: list[str] = []
+    """Local .txt / .jsonl / .jsonl.zst / .parquet files or folders (source `files` only)."""
+    base_url: str = FINEWEB_EDU_URL
+    """Base URL of the fineweb-edu parquet shards (`{base_url}/shard_00000.parquet`, ...)."""
+    num_shards: int = Field(1, ge=1)
+    """fineweb-edu: number of training shards to fetch; one more (the last) is validation."""
+    max_bytes: int | None = Field(4_000_000, ge=1)
+    """Cap on raw corpus bytes for `builtin` and `files` (None = no cap)."""
+    raw_dir: str = "data/raw"
+    """Output folder: documents plus manifest.json."""
+    retries: int = Field(4, ge=0)
+    """fineweb-edu: download retries per shard (exponential backoff)."""
+    timeout_s: float = Field(60.0, gt=0)
+    """fineweb-edu: socket timeout in seconds."""
+
+    @model_validator(mode="after")
+    def _files_need_paths(self) -> DataSettings:
+        if self.source == "files" and not self.paths:
+            raise ValueError("data.source=files needs data.paths (a list of files or folders)")
+        return self
+
+
+class TokenizerSettings(_Section):
+    """Byte-level BPE training and shard packing (stage `tokenize`)."""
+
+    vocab_size: int = Field(2048, ge=266)
+    """Vocabulary size including special tokens (256 bytes + 9 specials at least). The paper
+    uses 32768/65536; the CPU demo default is small because the LM head dominates tiny models."""
+    pretrained: str | None = None
+    """Use this saved tokenizer (project format) instead of training one."""
+    train_max_bytes: int = Field(2_000_000, ge=1)
+    """Raw text bytes used to train the BPE (the first documents, in corpus order)."""
+    shard_tokens: int = Field(1 << 24, ge=1024)
+    """Tokens per shard file."""
+    compression: Literal["none", "zstd"] = "none"
+    """Shard payload: raw (memory-mapped) or zstd chunks."""
+    val_fraction: float = Field(0.05, ge=0.0, lt=1.0)
+    """Fraction of documents held out for validation (sources without their own split)."""
+    seed: int = 0
+    """Seed of the train/val document split."""
+    out_dir: str = "data/tokens"
+    """Output folder: tokenizer, shards, manifest.json, stats.json."""
+
+
+class ModelSettings(_Section):
+    """Architecture; mirrors `lrt.LRTConfig` (the vocabulary comes from the tokenizer)."""
+
+    depth: int = Field(4, ge=1)
+    """Number of transformer blocks (the one scaling dial)."""
+    n_embd: int | None = Field(None, ge=8)
+    """Model width; None = nanochat rule 64*depth rounded up to a multiple of 128."""
+    n_head: int | None = Field(None, ge=1)
+    """Attention heads; None = n_embd // 128."""
+    seq_len: int = Field(256, ge=2)
+    """Training context length in tokens."""
+    pathway: Literal["none", "shared", "layerwise"] = "none"
+    """Latent recurrent pathway: none (baseline), shared or layerwise memory K/V projections."""
+    source_layer: int = -1
+    """Block whose output at token t-1 is the memory of token t; negative counts from the end."""
+    residual_injection: bool = True
+    """Add gamma_l * m_t to the residual stream before block l."""
+    kv_projection: bool = True
+    """Mix projected memory into each layer's keys and values (gated per head)."""
+    gamma_init: float = 0.1
+    """Initial residual-injection scale."""
+    identity_init: bool = False
+    """Zero-initialise the pathway so LRT equals the baseline at step 0."""
+
+    @model_validator(mode="after")
+    def _check_shape(self) -> ModelSettings:
+        if self.n_embd is not None and self.n_head is not None and self.n_embd % self.n_head:
+            raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+        if not -self.depth <= self.source_layer < self.depth:
+            raise ValueError(
+                f"source_layer={self.source_layer} is outside [-{self.depth}, {self.depth})"
+            )
+        return self
+
+    def to_config(self, vocab_size: int) -> LRTConfig:
+        """Build the `lrt.LRTConfig` for a tokenizer of `vocab_size` ids."""
+        from lrt.config import LRTConfig
+
+        return LRTConfig(vocab_size=vocab_size, **self.model_dump())
+
+
+class StrategySettings(_Section):
+    """How a training step uses the pathway; mirrors `lrt.StrategyConfig`."""
+
+    name: Literal["none", "interleaved", "multi_refine", "chunked", "sequential"] = "none"
+    """none (baseline), interleaved (S strided subsets), multi_refine (K Jacobi passes), chunked
+    (memory crosses chunk boundaries only) or sequential (exact, slow; for verification)."""
+    subsets: int = Field(2, ge=1)
+    """S for interleaved."""
+    refine_steps: int = Field(1, ge=0)
+    """K for multi_refine."""
+    chunk_size: int = Field(64, ge=1)
+    """C for chunked."""
+    detach: bool = False
+    """Cut gradients through the buffer read by later passes."""
+    refresh_kv: bool = False
+    """interleaved: recompute not-yet-visited K/V rows after each subset pass."""
+    loss_weights: list[float] | None = None
+    """Weights over passes (init pass first); None = plain mean."""
+
+    def to_config(self) -> StrategyConfig:
+        """Build the `lrt.StrategyConfig`."""
+        from lrt.config import StrategyConfig
+
+        data = self.model_dump()
+        if data["loss_weights"] is not None:
+            data["loss_weights"] = tuple(data["loss_weights"])
+        return StrategyConfig(**data)
+
+
+_VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+_VARIANT_SECTIONS: dict[str, type[_Section]] = {
+    "model": ModelSettings,
+    "strategy": StrategySettings,
+}
+
+
+def _flatten_overrides(value: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"model": {"pathway": "shared"}} and {"model.pathway": "shared"} -> {"model.pathway": ...}."""
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(item, Mapping) and dotted in _VARIANT_SECTIONS:
+            out.update(_flatten_overrides(item, prefix=f"{dotted}."))
+        else:
+            out[dotted] = item
+    return out
+
+
+def _check_variant_key(key: str) -> None:
+    section, _, field = key.partition(".")
+    valid = [f"{s}.{f}" for s, cls in _VARIANT_SECTIONS.items() for f in cls.model_fields]
+    if section not in _VARIANT_SECTIONS or field not in _VARIANT_SECTIONS[section].model_fields:
+        raise ValueError(_unknown_key_message(key, valid, "a variant override"))
+
+
+class TrainSettings(_Section):
+    """Training loop (stage `train`, once per variant).
+
+    The budget: `max_steps` when set; otherwise `tokens_per_param` x (model parameters) /
+    `total_batch_tokens` steps. Set `max_steps: null` to use the tokens-per-parameter rule (the
+    paper trains at 10 tokens/param; LRT is also compared with the baseline at ~2x, see
+    DESIGN.md §4).
+    """
+
+    variants: dict[str, dict[str, Any]] = {
+        "baseline": {"model.pathway": "none", "strategy.name": "none"},
+        "lrt": {"model.pathway": "shared", "strategy.name": "interleaved"},
+    }
+    """Runs to train and compare: name -> overrides of `model.*` / `strategy.*` (dotted keys,
+    or nested {model: {...}}). Each variant trains into `{out_dir}/{name}`."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto = cuda when available, else cpu."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Autocast dtype; auto = bfloat16 on cuda, float32 on cpu."""
+    compile: bool = False
+    """torch.compile the model."""
+    total_batch_tokens: int = Field(4096, ge=1)
+    """Tokens per optimizer step (gradient accumulation fills it)."""
+    device_batch_size: int = Field(16, ge=1)
+    """Sequences per forward/backward micro-batch."""
+    max_steps: int | None = Field(150, ge=1)
+    """Optimizer steps; None = derive from tokens_per_param."""
+    tokens_per_param: float | None = Field(None, gt=0)
+    """Training tokens per model parameter, used when max_steps is None."""
+    matrix_lr: float = Field(0.02, ge=0)
+    """Learning rate of matrix parameters (Muon in nanochat; AdamW fallback)."""
+    embedding_lr: float = Field(0.2, ge=0)
+    """Learning rate of the token embedding."""
+    unembedding_lr: float = Field(0.004, ge=0)
+    """Learning rate of the LM head."""
+    scalar_lr: float = Field(0.02, ge=0)
+    """Learning rate of scalars and gates (gamma, per-head gate weights)."""
+    weight_decay: float = Field(0.0, ge=0)
+    """Weight decay for matrix parameters."""
+    grad_clip: float = Field(1.0, ge=0)
+    """Global gradient-norm clip; 0 disables it."""
+    warmup_ratio: float = Field(0.0, ge=0, le=1)
+    """Fraction of steps with linear LR warm-up."""
+    warmdown_ratio: float = Field(0.2, ge=0, le=1)
+    """Fraction of final steps with linear LR decay."""
+    final_lr_frac: float = Field(0.0, ge=0, le=1)
+    """LR at the end of warm-down, as a fraction of the peak."""
+    loader_mode: Literal["bestfit", "contiguous"] = "bestfit"
+    """Batch windows: BOS-aligned best-fit packing or contiguous windows."""
+    log_every: int = Field(10, ge=1)
+    """Steps between training-log rows (train_log.csv, MLflow)."""
+    eval_every: int = Field(50, ge=0)
+    """Steps between validation-loss checks; 0 = only at the end."""
+    eval_tokens: int = Field(32768, ge=1)
+    """Validation tokens per check."""
+    checkpoint_every: int = Field(0, ge=0)
+    """Steps between resumable checkpoints; 0 = only the final one."""
+    seed: int = 42
+    """Seed of model init, data order and dropout-free RNG state."""
+    out_dir: str = "runs"
+    """Output root: `{out_dir}/{variant}/model.pt, metrics.json, train_log.csv`."""
+
+    @field_validator("variants", mode="before")
+    @classmethod
+    def _normalise_variants(cls, value: Any) -> Any:
+        if not isinstance(value, Mapping):
+            return value
+        out: dict[str, dict[str, Any]] = {}
+        for name, overrides in value.items():
+            name = str(name)
+            if not _VARIANT_NAME.match(name):
+                raise ValueError(f"variant name {name!r} must match {_VARIANT_NAME.pattern}")
+            if overrides is None:
+                overrides = {}
+            if not isinstance(overrides, Mapping):
+                raise ValueError(
+                    f"variant {name!r}: overrides must be a mapping, got {overrides!r}"
+                )
+            flat = _flatten_overrides(overrides)
+            for key in flat:
+                _check_variant_key(key)
+            out[name] = flat
+        return out
+
+    @model_validator(mode="after")
+    def _check_budget(self) -> TrainSettings:
+        if not self.variants:
+            raise ValueError("train.variants is empty: name at least one variant")
+        if self.max_steps is None and self.tokens_per_param is None:
+            raise ValueError(
+                "set train.max_steps or train.tokens_per_param (one decides the budget)"
+            )
+        return self
+
+
+class EvalSettings(_Section):
+    """Evaluation of a trained variant (stage `eval`)."""
+
+    bpb_max_tokens: int = Field(65536, ge=1)
+    """Validation tokens scored for bits-per-byte in the parallel modes."""
+    modes: list[Literal["init", "merged", "refine", "sequential"]] = [
+        "init",
+        "refine",
+        "sequential",
+    ]
+    """BPB modes: init (zero memory), merged, refine (training strategy's last pass) and
+    sequential (exact token-by-token decoding, as deployed)."""
+    sequential_max_tokens: int = Field(8192, ge=1)
+    """Cap on tokens scored in sequential mode (token-by-token is slow on CPU)."""
+    bucket_size: int = Field(32, ge=1)
+    """Positions per bucket in the per-position BPB table."""
+    core_dir: str = "../shared/data/core"
+    """Folder of CORE task .jsonl files; missing = CORE skipped with a message."""
+    core_max_items: int | None = Field(50, ge=1)
+    """Items per CORE task (None = all)."""
+    icl_enabled: bool = True
+    """Run the in-context-learning probes."""
+    icl_max_items: int = Field(32, ge=1)
+    """Items per ICL probe."""
+    samples_prompts: list[str] = ["The meaning of", "def main():", "import "]
+    """Prompts for the text samples shown in the report."""
+    max_new_tokens: int = Field(48, ge=1)
+    """Tokens generated per sample."""
+    temperature: float = Field(0.0, ge=0)
+    """Sampling temperature for samples; 0 = greedy."""
+    seed: int = 0
+    """Seed of sampling and item selection."""
+
+
+class ReportSettings(_Section):
+    """Report (stage `report`)."""
+
+    out_dir: str = "reports"
+    """Output folder: report.md, report.html, figures."""
+
+
+class TrackingSettings(_Section):
+    """MLflow tracking."""
+
+    enabled: bool = True
+    """Log to MLflow; false makes every tracking call a no-op."""
+    uri: str = "sqlite:///mlruns.db"
+    """Tracking URI; a relative sqlite path is resolved against the project folder."""
+    artifact_location: str = "mlartifacts"
+    """Artifact root for newly created experiments (relative to the project folder)."""
+    experiment: str = "lrt"
+    """Experiment name."""
+
+
+SECTIONS: dict[str, type[_Section]] = {
+    "data": DataSettings,
+    "tokenizer": TokenizerSettings,
+    "model": ModelSettings,
+    "strategy": StrategySettings,
+    "train": TrainSettings,
+    "eval": EvalSettings,
+    "report": ReportSettings,
+    "tracking": TrackingSettings,
+}
+"""Section name -> model, in pipeline order."""
+
+PATH_FIELDS = (
+    "data.paths",
+    "data.raw_dir",
+    "tokenizer.pretrained",
+    "tokenizer.out_dir",
+    "train.out_dir",
+    "eval.core_dir",
+    "report.out_dir",
+    "tracking.artifact_location",
+)
+"""Dotted keys holding filesystem paths, resolved against the project folder by load_settings."""
+
+
+def _unknown_key_message(key: str, valid: Iterable[str], what: str) -> str:
+    valid = list(valid)
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return f"unknown key {key!r} (expected {what}).{hint} Valid: {', '.join(valid)}"
