@@ -290,7 +290,7 @@ def stage_main(stage: str, argv: list[str]) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S"
     )
-    for noisy in ("alembic", "mlflow", "urllib3", "matplotlib"):
+    for noisy in ("alembic", "mlflow", "mlflow.system_metrics", "urllib3", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     needs_variant = stage in ("train", "eval")
     if len(argv) != (1 if needs_variant else 0):

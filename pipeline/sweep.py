@@ -235,9 +235,9 @@ def run_sweep(
             overrides; None = `DEFAULT_METHODS`. Name the baseline "baseline" for the table.
         options: Model/train/eval overrides for every run; None = `SweepOptions()` (tiny).
         out_path: Where to write the JSON; None = `{report.out_dir}/sweep.json`.
-        match_compute: Also train "baseline" at the budgets where its effective compute equals
-            each other method's at the largest budget (about 2x for interleaved S=2), so every
-            point has a baseline to compare with at equal compute.
+        match_compute: Also train "baseline" at the budget where its effective compute reaches
+            the most expensive other run (about 2x the largest budget for interleaved S=2), so
+            every point has a baseline to compare with at equal compute.
 
     Returns:
         `{"runs": [record, ...], "equal_compute": [row, ...]}`; a record holds method,
@@ -263,70 +263,80 @@ def run_sweep(
         name: _configs(settings, over, opts.model, tokenizer.vocab_size)
         for name, over in method_over.items()
     }
-    plan = {name: list(budgets) for name in configs}
-    if match_compute and "baseline" in configs:
-        base_fpt = flops_per_token(*configs["baseline"])
-        for name, (cfg, strat) in configs.items():
-            ratio = flops_per_token(cfg, strat) / base_fpt
-            extra = round(max(budgets) * ratio, 3)
-            if name != "baseline" and extra not in plan["baseline"]:
-                plan["baseline"].append(extra)
-        plan["baseline"].sort()
-    records = []
-    for name, (model_cfg, strategy_cfg) in configs.items():
-        for r in plan[name]:
-            train_s = settings.train.model_copy(
-                update={**opts.train, "max_steps": None, "tokens_per_param": float(r)}
-            )
-            run_dir = root / f"{name}_tpp{r:g}"
-            log.info("sweep: %s at %g tokens/param -> %s", name, r, run_dir)
-            tm = train(
-                model_cfg,
-                strategy_cfg,
-                train_s,
-                data_dir,
-                run_dir,
-                token_bytes=token_bytes,
-                tokenizer_hash=getattr(tokenizer, "hash", None),
-                variant=f"{name}_tpp{r:g}",
-                progress=False,
-            )
-            device = _device(train_s.device)
-            model, strategy, _ = load_model(run_dir / "model.pt", device=device)
-            metrics, _, _ = evaluate_model(
-                model,
-                tokenizer,
-                eval_s,
-                data_dir=data_dir,
-                strategy=strategy,
-                batch_size=train_s.device_batch_size,
-                device=device,
-                progress=False,
-            )
-            del model
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            tokens = float(tm["tokens"])
-            core = metrics.get("core", {})
-            records.append(
-                {
-                    "method": name,
-                    "group": name,
-                    "pathway": model_cfg.pathway,
-                    "strategy": strategy_cfg.name,
-                    "tokens_per_param": float(r),
-                    "tokens": tokens,
-                    "params": tm.get("params"),
-                    "scaling_params": tm.get("scaling_params"),
-                    "flops_per_token": tm.get("flops_per_token"),
-                    "effective_flops": effective_compute(model_cfg, strategy_cfg, tokens),
-                    "val_bpb": metrics["val_bpb"],
-                    "bpb": metrics["bpb"],
-                    "bpb_gap": metrics.get("bpb_gap"),
-                    "core": core.get("sequential", core.get("init")),
-                    "run_dir": str(run_dir),
-                }
-            )
+    device = _device(settings.train.device)
+    records: list[dict[str, Any]] = []
+
+    def run_one(name: str, r: float) -> None:
+        model_cfg, strategy_cfg = configs[name]
+        train_s = settings.train.model_copy(
+            update={**opts.train, "max_steps": None, "tokens_per_param": float(r)}
+        )
+        run_dir = root / f"{name}_tpp{r:g}"
+        log.info("sweep: %s at %g tokens/param -> %s", name, r, run_dir)
+        tm = train(
+            model_cfg,
+            strategy_cfg,
+            train_s,
+            data_dir,
+            run_dir,
+            token_bytes=token_bytes,
+            tokenizer_hash=getattr(tokenizer, "hash", None),
+            variant=f"{name}_tpp{r:g}",
+            progress=False,
+        )
+        model, strategy, _ = load_model(run_dir / "model.pt", device=device)
+        metrics, _, _ = evaluate_model(
+            model,
+            tokenizer,
+            eval_s,
+            data_dir=data_dir,
+            strategy=strategy,
+            batch_size=train_s.device_batch_size,
+            device=device,
+            progress=False,
+        )
+        del model
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        tokens = float(tm["tokens"])
+        core = metrics.get("core", {})
+        records.append(
+            {
+                "method": name,
+                "group": name,
+                "pathway": model_cfg.pathway,
+                "strategy": strategy_cfg.name,
+                "tokens_per_param": float(r),
+                "tokens": tokens,
+                "params": tm.get("params"),
+                "scaling_params": tm.get("scaling_params"),
+                "flops_per_token": tm.get("flops_per_token"),
+                "effective_flops": effective_compute(model_cfg, strategy_cfg, tokens),
+                "val_bpb": metrics["val_bpb"],
+                "bpb": metrics["bpb"],
+                "bpb_gap": metrics.get("bpb_gap"),
+                "core": core.get("sequential", core.get("init")),
+                "run_dir": str(run_dir),
+            }
+        )
+
+    # baseline first: its scaling-parameter count sizes the matched-compute budget below
+    for name in sorted(configs, key=lambda n: n != "baseline"):
+        for r in budgets:
+            run_one(name, r)
+    others = [rec for rec in records if rec["method"] != "baseline"]
+    base = [rec for rec in records if rec["method"] == "baseline"]
+    if match_compute and base and others:
+        # The budget whose (step-rounded) compute reaches the most expensive other run.
+        batch = int(opts.train.get("total_batch_tokens", settings.train.total_batch_tokens))
+        need = max(rec["effective_flops"] for rec in others) / flops_per_token(*configs["baseline"])
+        steps = math.ceil(need / batch)
+        extra = round((steps + 0.25) * batch / float(base[0]["scaling_params"]), 4)
+        if extra > max(budgets):
+            run_one("baseline", extra)
+    records.sort(
+        key=lambda rec: (rec["method"] != "baseline", rec["method"], rec["effective_flops"])
+    )
     result = {"runs": records, "equal_compute": equal_compute_table(records)}
     out = Path(out_path) if out_path is not None else Path(settings.report.out_dir) / "sweep.json"
     atomic_write_text(out, json.dumps(_json_safe(result), indent=2) + "\n")

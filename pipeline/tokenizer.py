@@ -212,6 +212,21 @@ class Tokenizer:
                 ids.insert(0, bos)
         return out
 
+    def encode_batch_flat(
+        self, texts: Sequence[str], *, num_threads: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """All texts' ids as one uint32 array plus int64 offsets, without Python lists.
+
+        Text ``i`` is ``ids[offsets[i]:offsets[i + 1]]``; the arrays own the Rust buffers (no
+        copy). Use this for bulk encoding; no BOS is added.
+
+        Example:
+            >>> ids, offsets = tok.encode_batch_flat(["a b", "c"])  # doctest: +SKIP
+        """
+        if num_threads is not None and num_threads < 1:
+            raise ValueError(f"num_threads must be >= 1 or None, got {num_threads}")
+        return self._inner.encode_batch_flat(list(texts), num_threads)
+
     def decode_bytes(self, ids: Sequence[int] | np.ndarray) -> bytes:
         """The bytes of ``ids`` (special tokens decode to their strings)."""
         if isinstance(ids, np.ndarray):

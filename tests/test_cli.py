@@ -202,3 +202,17 @@ def test_sweep_calls_run_sweep(project: Path, monkeypatch: pytest.MonkeyPatch) -
     assert result.exit_code == 0, result.output
     assert seen == {"budgets": [2.0, 4.0], "methods": ["lrt"]}
     assert json.loads(result.output)["runs"] == 2
+
+
+def test_stage_params_hold_what_the_stage_reads() -> None:
+    from pipeline.settings import load_settings
+
+    settings = load_settings(None, ["train.variants.lrt.strategy.subsets=3"], env={})
+    params = steps.stage_params(settings, "train", "lrt")
+    assert params["variant"] == "lrt"
+    assert params["model.pathway"] == "shared" and params["strategy.subsets"] == 3
+    assert "train.variants.lrt.strategy.subsets" in params
+    assert not any(k.startswith(("train.variants.baseline", "data.", "eval.")) for k in params)
+    assert set(steps.stage_params(settings, "download")) == {
+        k for k in settings.flat() if k.startswith("data.")
+    }

@@ -17,7 +17,11 @@ import torch
 
 from pipeline.loader import DataLoader
 from pipeline.shards import ShardFormatError, pack
-from tests.test_shards import ref_read
+
+try:  # pytest's default "prepend" import mode puts tests/ itself on sys.path
+    from test_shards import ref_read
+except ImportError:
+    from tests.test_shards import ref_read
 
 torch.set_num_threads(1)
 

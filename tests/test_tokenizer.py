@@ -214,6 +214,10 @@ def test_encode_batch(tok: Tokenizer, corpus: list[str]) -> None:
     assert with_bos == [[tok.bos_id, *s] for s in single]
     with pytest.raises(ValueError):
         tok.encode_batch(docs, num_threads=0)
+    ids, offsets = tok.encode_batch_flat(docs, num_threads=2)
+    assert ids.dtype == np.uint32 and offsets.dtype == np.int64
+    assert offsets[0] == 0 and offsets[-1] == len(ids)
+    assert [ids[a:b].tolist() for a, b in zip(offsets, offsets[1:], strict=False)] == single
 
 
 def test_token_byte_lengths(tok: Tokenizer) -> None:

@@ -5,13 +5,13 @@
 //! Other bindings (data packing) can take a `PyRef<PyTokenizer>` and use `inner` directly.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use lrt_bpe::{BpeError, ChunkCounter, Tokenizer};
 use numpy::{IntoPyArray, PyArray1};
 use pyo3::exceptions::{PyFileNotFoundError, PyOSError, PyPermissionError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyString};
+use pyo3::types::{PyBytes, PyDict, PyInt, PyList, PyString};
 
 use crate::errors::TokenizerFormatError;
 
@@ -37,11 +37,28 @@ pub fn to_py_err(e: BpeError) -> PyErr {
 #[pyclass(name = "Tokenizer", module = "pipeline._rust", frozen)]
 pub struct PyTokenizer {
     pub inner: Arc<Tokenizer>,
+    /// One Python int per id, made on first use. Building a list of ids from these is an
+    /// incref per element instead of an int allocation (which cost as much as the encoding).
+    ints: OnceLock<Vec<Py<PyInt>>>,
 }
 
 impl PyTokenizer {
     fn wrap(t: Tokenizer) -> Self {
-        PyTokenizer { inner: Arc::new(t) }
+        PyTokenizer {
+            inner: Arc::new(t),
+            ints: OnceLock::new(),
+        }
+    }
+
+    /// `ids` as a Python list of int.
+    fn id_list<'py>(&self, py: Python<'py>, ids: &[u32]) -> PyResult<Bound<'py, PyList>> {
+        let ints = self.ints.get_or_init(|| {
+            (0..self.inner.vocab_size() as u32)
+                .map(|i| PyInt::new(py, i).unbind())
+                .collect()
+        });
+        // Every id the encoder emits is < vocab_size.
+        PyList::new(py, ids.iter().map(|&i| ints[i as usize].bind(py)))
     }
 }
 
@@ -127,9 +144,11 @@ impl PyTokenizer {
     }
 
     /// Ids of `text` as a list (special-token strings are ordinary text).
-    fn encode_ordinary(&self, py: Python<'_>, text: &str) -> PyResult<Vec<u32>> {
-        py.detach(|| self.inner.encode_ordinary(text))
-            .map_err(to_py_err)
+    fn encode_ordinary<'py>(&self, py: Python<'py>, text: &str) -> PyResult<Bound<'py, PyList>> {
+        let ids = py
+            .detach(|| self.inner.encode_ordinary(text))
+            .map_err(to_py_err)?;
+        self.id_list(py, &ids)
     }
 
     /// Ids of `text` as a uint32 numpy array (the Rust buffer, not copied).
@@ -146,14 +165,46 @@ impl PyTokenizer {
 
     /// Ids of each text, encoded in parallel (`num_threads=None`: all cores).
     #[pyo3(signature = (texts, num_threads = None))]
-    fn encode_batch(
+    fn encode_batch<'py>(
         &self,
-        py: Python<'_>,
+        py: Python<'py>,
         texts: Vec<String>,
         num_threads: Option<usize>,
-    ) -> PyResult<Vec<Vec<u32>>> {
-        py.detach(|| self.inner.encode_batch(&texts, num_threads))
-            .map_err(to_py_err)
+    ) -> PyResult<Bound<'py, PyList>> {
+        let all = py
+            .detach(|| self.inner.encode_batch(&texts, num_threads))
+            .map_err(to_py_err)?;
+        drop(texts);
+        let lists = all
+            .iter()
+            .map(|ids| self.id_list(py, ids))
+            .collect::<PyResult<Vec<_>>>()?;
+        PyList::new(py, lists)
+    }
+
+    /// All texts' ids in one uint32 array plus int64 offsets (`len(texts) + 1`): text `i` is
+    /// `ids[offsets[i]:offsets[i+1]]`. Zero-copy hand-over for bulk encoding.
+    #[pyo3(signature = (texts, num_threads = None))]
+    fn encode_batch_flat<'py>(
+        &self,
+        py: Python<'py>,
+        texts: Vec<String>,
+        num_threads: Option<usize>,
+    ) -> PyResult<(Bound<'py, PyArray1<u32>>, Bound<'py, PyArray1<i64>>)> {
+        let (ids, offsets) = py
+            .detach(|| {
+                let all = self.inner.encode_batch(&texts, num_threads)?;
+                let mut offsets = Vec::with_capacity(all.len() + 1);
+                offsets.push(0i64);
+                let mut ids = Vec::with_capacity(all.iter().map(Vec::len).sum());
+                for v in &all {
+                    ids.extend_from_slice(v);
+                    offsets.push(ids.len() as i64);
+                }
+                Ok::<_, BpeError>((ids, offsets))
+            })
+            .map_err(to_py_err)?;
+        Ok((ids.into_pyarray(py), offsets.into_pyarray(py)))
     }
 
     /// Bytes of `ids`; special tokens decode to their strings.
