@@ -233,6 +233,9 @@ class Tracker:
         try:
             yield run_id
             status = "FINISHED"
+        except (KeyboardInterrupt, SystemExit):
+            status = "KILLED"
+            raise
         finally:
             os.environ.pop(PARENT_ENV, None)
             self.client.set_terminated(run_id, status)
@@ -270,7 +273,7 @@ class Tracker:
     ) -> Iterator[str | None]:
         """Run one stage (for one variant) as an active child run; yields its id (None when
         disabled). The module-level helpers log to it. On an exception the run is marked
-        FAILED and the exception propagates."""
+        FAILED (KILLED for Ctrl-C / SystemExit) and the exception propagates."""
         if not self.enabled:
             yield None
             return
@@ -292,6 +295,9 @@ class Tracker:
                 yield child.info.run_id
                 mlflow.log_metric("stage_seconds", time.perf_counter() - start)
                 status = "FINISHED"
+        except (KeyboardInterrupt, SystemExit):  # Ctrl-C, SIGTERM (TrainingInterrupted)
+            status = "KILLED"
+            raise
         finally:
             if mlflow.active_run() is not None:  # an exception left it open
                 mlflow.end_run(status)

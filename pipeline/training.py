@@ -221,6 +221,8 @@ def accumulate_gradients(
     is_ddp = isinstance(step_module, nn.parallel.DistributedDataParallel)
     for micro in range(accum):
         inputs, targets = next(batches)
+        # Async copy from the loader's pinned slot: safe because forward_train's pass_losses
+        # (Python floats) synchronise before the next batch is drawn.
         x = inputs.to(device, non_blocking=True).long()  # (B, T)
         y = targets.to(device, non_blocking=True).long()
         sync = step_module.no_sync() if is_ddp and micro < accum - 1 else contextlib.nullcontext()
@@ -293,8 +295,10 @@ def evaluate_bpb(
         for i, (inputs, targets) in enumerate(loader):
             if i >= n_batches:
                 break
-            x = inputs.to(device, non_blocking=True).long()
-            y = targets.to(device, non_blocking=True).long()
+            # Blocking copies: nothing below synchronises, and the loader may reuse the pinned
+            # slot once `prefetch` more batches are drawn.
+            x = inputs.to(device).long()
+            y = targets.to(device).long()
             valid = y >= 0
             nbytes = tb[y.clamp(min=0)] * valid if tb is not None else valid.double()
             for j, mode in enumerate(modes):

@@ -360,9 +360,13 @@ def test_evaluate_model_metrics(pathway: str, tmp_path) -> None:
     assert all(len(s["tokens"]) == 2 for s in samples)
     if pathway == "none":
         assert details["modes_computed"] == ["init"]
-        assert metrics["bpb"]["sequential"] == metrics["bpb"]["init"] == metrics["val_bpb"]
+        # sequential = init over the sequential mode's windows; other modes repeat init
+        assert metrics["bpb"]["refine"] == metrics["bpb"]["init"]
+        assert metrics["val_bpb"] == metrics["bpb"]["sequential"]
+        assert metrics["bpb"]["sequential"] == pytest.approx(details["bpb_common"]["bpb"]["init"])
+        assert details["bpb_common"]["tokens"] == 32
+        assert metrics["bpb_gap"]["init"] == 0.0
         assert metrics["core"]["sequential"] == metrics["core"]["init"]
-        assert "bpb_gap" not in metrics
     else:
         assert details["modes_computed"] == ["init", "refine", "sequential", "merged"]
         assert details["bpb_common"]["tokens"] == 32  # sequential stops after its cap
@@ -374,3 +378,40 @@ def test_evaluate_model_metrics(pathway: str, tmp_path) -> None:
         )
         assert metrics["val_bpb"] == pytest.approx(direct.results["sequential"].bpb)
         assert set(metrics["bpb_gap"]) == {"init", "refine", "merged"}
+
+
+def test_run_sweep_smoke(packed, tmp_path) -> None:
+    import json
+
+    from pipeline.settings import load_settings
+    from pipeline.sweep import SweepOptions, run_sweep
+
+    data_dir, _ = packed
+    settings = load_settings(
+        None,
+        [
+            f"tokenizer.out_dir={data_dir}",
+            f"train.out_dir={tmp_path / 'runs'}",
+            f"report.out_dir={tmp_path / 'reports'}",
+            "train.device=cpu",
+        ],
+        env={},
+    )
+    opts = SweepOptions()
+    opts.model = {"depth": 1, "n_embd": 32, "n_head": 2, "seq_len": 16}
+    opts.train.update(total_batch_tokens=64, device_batch_size=4)
+    opts.eval.update(bpb_max_tokens=128, sequential_max_tokens=64, core_dir=str(tmp_path / "none"))
+    result = run_sweep(
+        settings, budgets=[0.02], methods=["baseline", "lrt_interleaved"], options=opts
+    )
+    runs = result["runs"]
+    # baseline at 0.02 and at the matched-compute budget, then the LRT run
+    assert [r["method"] for r in runs] == ["baseline", "baseline", "lrt_interleaved"]
+    lrt_run = runs[2]
+    assert runs[1]["effective_flops"] >= lrt_run["effective_flops"] > runs[0]["effective_flops"]
+    assert set(lrt_run["bpb"]) >= {"init", "merged", "sequential"}
+    (row,) = result["equal_compute"]
+    assert row["baseline_bpb_equal_compute"] is not None
+    on_disk = json.loads((tmp_path / "reports" / "sweep.json").read_text())
+    assert len(on_disk["runs"]) == 3
+    assert (tmp_path / "reports" / "sweep.md").is_file()

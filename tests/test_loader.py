@@ -298,3 +298,26 @@ def test_u32_shards_give_int32_batches(tmp_path):
     x, y = next(iter(DataLoader(tmp_path, "train", 2, 10, mode="bestfit")))
     assert x.dtype == torch.int32
     assert x[0, :5].tolist() == [99_999, 70000, 70001, 70002, 5]
+
+
+def test_forever_loops_over_epochs(data):
+    root, _, shards = data
+    n_windows = sum((len(s["tokens"]) - 1) // 40 for s in shards)
+    loader = DataLoader(root, "train", 5, 40, mode="contiguous", seed=4)  # epochs=None
+    rows = rows_of(batches(loader, (3 * n_windows) // 5 + 1))
+    e0, e1, e2 = (rows[i * n_windows : (i + 1) * n_windows] for i in range(3))
+    assert sorted(e0) == sorted(e1) == sorted(e2) and len(set(e0)) == n_windows
+    assert e0 != e1 != e2
+    assert loader.state_dict()["epoch"] == 3
+
+
+def test_zstd_shards_load_like_raw(tmp_path):
+    docs = int_docs(80, seed=3)
+    for comp in ("none", "zstd"):
+        pack(docs, IntTokenizer(), tmp_path / comp, shard_tokens=1500, chunk_tokens=64,
+             compression=comp, val_fraction=0.0)  # fmt: skip
+    got = {
+        comp: rows_of(batches(DataLoader(tmp_path / comp, "train", 4, 30, seed=9, epochs=1)))
+        for comp in ("none", "zstd")
+    }
+    assert got["none"] == got["zstd"] and len(got["none"]) > 10

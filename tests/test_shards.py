@@ -48,9 +48,10 @@ def ref_read(path: Path) -> dict:
     parts = []
     end = payload
     for i in range(n_chunks):
-        off, length, crc, zero = struct.unpack_from("<QQII", b, 128 + 8 * n_doc + 24 * i)
-        assert off == end and zero == 0 and off % 8 == 0
+        off, length, crc, stored_crc = struct.unpack_from("<QQII", b, 128 + 8 * n_doc + 24 * i)
+        assert off == end and off % 8 == 0
         stored = b[off : off + length]
+        assert stored_crc == (zlib.crc32(stored) if comp == 1 else 0)
         raw = stored if comp == 0 else __import__("zstandard").ZstdDecompressor().decompress(stored)
         assert zlib.crc32(raw) == crc
         parts.append(raw)

@@ -152,3 +152,10 @@ def test_flatten_metrics_keeps_finite_numbers_only() -> None:
         "a/c": 1.0,
         "e f": 2.5,
     }
+
+
+def test_interrupted_stage_is_marked_killed(store: Path) -> None:
+    tracker = Tracker(_settings(store, "killed"), system_metrics=False)
+    with pytest.raises(KeyboardInterrupt), tracker.stage("train", variant="lrt"):
+        raise KeyboardInterrupt
+    assert _runs(tracker)["train/lrt"].info.status == "KILLED"

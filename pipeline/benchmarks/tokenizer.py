@@ -34,12 +34,20 @@ def build_corpus(shared_text: Path = SHARED_TEXT) -> list[str]:
     return [p.read_text(encoding="utf-8", errors="replace") for p in paths]
 
 
-def _timed(fn: Callable[[], Any], repeat: int = 1) -> tuple[float, Any]:
-    best, out = float("inf"), None
+# Process CPU seconds of every timed call, keyed by the label passed to `_timed`. On a shared
+# machine wall time depends on the neighbours; CPU time of a one-thread run does not.
+CPU_S: dict[str, float] = {}
+
+
+def _timed(fn: Callable[[], Any], repeat: int = 1, label: str = "") -> tuple[float, Any]:
+    best, best_cpu, out = float("inf"), float("inf"), None
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = fn()
         best = min(best, time.perf_counter() - t0)
+        best_cpu = min(best_cpu, time.process_time() - c0)
+    if label:
+        CPU_S[label] = best_cpu
     return best, out
 
 
@@ -50,7 +58,8 @@ def _train_rustbpe(docs: Sequence[str], vocab_size: int) -> float | None:
         return None
     tok = rustbpe.Tokenizer()
     seconds, _ = _timed(
-        lambda: tok.train_from_iterator(iter(docs), vocab_size, pattern=GPT4_SPLIT_PATTERN)
+        lambda: tok.train_from_iterator(iter(docs), vocab_size, pattern=GPT4_SPLIT_PATTERN),
+        label="train_rustbpe",
     )
     return seconds
 
@@ -74,7 +83,9 @@ def _train_hf(docs: Sequence[str], vocab_size: int) -> float | None:
         show_progress=False,
         min_frequency=0,
     )
-    seconds, _ = _timed(lambda: tok.train_from_iterator(docs, trainer=trainer))
+    seconds, _ = _timed(
+        lambda: tok.train_from_iterator(docs, trainer=trainer), label="train_hf_tokenizers"
+    )
     return seconds
 
 
@@ -102,7 +113,9 @@ def run(
     mb = sum(len(d.encode("utf-8")) for d in docs) / 1e6
 
     train_s: dict[str, float | None] = {}
-    train_s["lrt_bpe"], tok = _timed(lambda: Tokenizer.train(docs, vocab_size, special_tokens=()))
+    train_s["lrt_bpe"], tok = _timed(
+        lambda: Tokenizer.train(docs, vocab_size, special_tokens=()), label="train_lrt_bpe"
+    )
     train_s["rustbpe"] = _train_rustbpe(docs, vocab_size)
     train_s["hf_tokenizers"] = _train_hf(docs, vocab_size)
 
@@ -110,24 +123,41 @@ def run(
         "bench", pat_str=tok.pattern, mergeable_ranks=dict(tok._inner.ranks()), special_tokens={}
     )
     ours_1 = tok.encode_batch(docs, num_threads=1)
-    if ours_1 != enc.encode_ordinary_batch(docs, num_threads=1):
+    if ours_1 != enc.encode_ordinary_batch(docs, num_threads=n_threads):
         raise AssertionError("lrt_bpe and tiktoken ids differ on the benchmark corpus")
     n_tokens = sum(len(x) for x in ours_1)
     del ours_1
 
+    n = n_threads
     encode_s = {
-        "lrt_bpe_1": _timed(lambda: tok.encode_batch(docs, num_threads=1), 2)[0],
-        f"lrt_bpe_{n_threads}": _timed(lambda: tok.encode_batch(docs, num_threads=n_threads), 2)[0],
-        "tiktoken_1": _timed(lambda: enc.encode_ordinary_batch(docs, num_threads=1), 2)[0],
-        f"tiktoken_{n_threads}": _timed(
-            lambda: enc.encode_ordinary_batch(docs, num_threads=n_threads), 2
+        "lrt_bpe_1": _timed(lambda: tok.encode_batch(docs, num_threads=1), 2, "lrt_bpe_1")[0],
+        f"lrt_bpe_{n}": _timed(lambda: tok.encode_batch(docs, num_threads=n), 2, f"lrt_bpe_{n}")[0],
+        "lrt_bpe_flat_1": _timed(
+            lambda: tok.encode_batch_flat(docs, num_threads=1), 2, "lrt_bpe_flat_1"
+        )[0],
+        f"lrt_bpe_flat_{n}": _timed(
+            lambda: tok.encode_batch_flat(docs, num_threads=n), 2, f"lrt_bpe_flat_{n}"
+        )[0],
+        "tiktoken_1": _timed(
+            lambda: enc.encode_ordinary_batch(docs, num_threads=1), 2, "tiktoken_1"
+        )[0],
+        f"tiktoken_{n}": _timed(
+            lambda: enc.encode_ordinary_batch(docs, num_threads=n), 2, f"tiktoken_{n}"
         )[0],
     }
     encode_mb_s = {k: mb / v for k, v in encode_s.items()}
+    encode_mb_cpu_s = {k: mb / CPU_S[k] for k in encode_s if k.endswith("_1")}
+    rustbpe_s = train_s["rustbpe"]
     ratios = {
-        "train_vs_rustbpe": train_s["lrt_bpe"] / train_s["rustbpe"] if train_s["rustbpe"] else None,
+        "train_vs_rustbpe": train_s["lrt_bpe"] / rustbpe_s if rustbpe_s else None,
+        "train_cpu_vs_rustbpe": (
+            CPU_S["train_lrt_bpe"] / CPU_S["train_rustbpe"] if rustbpe_s else None
+        ),
         "encode_1t_vs_tiktoken": encode_mb_s["lrt_bpe_1"] / encode_mb_s["tiktoken_1"],
-        "encode_thread_speedup": encode_mb_s[f"lrt_bpe_{n_threads}"] / encode_mb_s["lrt_bpe_1"],
+        "encode_1t_cpu_vs_tiktoken": encode_mb_cpu_s["lrt_bpe_1"] / encode_mb_cpu_s["tiktoken_1"],
+        "encode_thread_speedup": encode_mb_s[f"lrt_bpe_{n}"] / encode_mb_s["lrt_bpe_1"],
+        "encode_flat_thread_speedup": encode_mb_s[f"lrt_bpe_flat_{n}"]
+        / encode_mb_s["lrt_bpe_flat_1"],
     }
     result = {
         "corpus_mb": mb,
@@ -137,8 +167,11 @@ def run(
         "vocab_size": vocab_size,
         "threads": n_threads,
         "cpu_count": os.cpu_count(),
+        "load_average_1min": os.getloadavg()[0],
         "train_s": train_s,
+        "train_cpu_s": {k[6:]: v for k, v in CPU_S.items() if k.startswith("train_")},
         "encode_mb_s": encode_mb_s,
+        "encode_mb_per_cpu_s": encode_mb_cpu_s,
         "ratios": ratios,
     }
     _print_table(result)
@@ -148,17 +181,22 @@ def run(
 def _print_table(r: dict[str, Any]) -> None:
     print(
         f"corpus {r['corpus_mb']:.1f} MB, {r['documents']} docs, vocab {r['vocab_size']}, "
-        f"{r['bytes_per_token']:.2f} bytes/token, threads {r['threads']}"
+        f"{r['bytes_per_token']:.2f} bytes/token, threads {r['threads']}, "
+        f"load average {r['load_average_1min']:.1f} on {r['cpu_count']} CPUs"
     )
-    print("| task | library | value |")
-    print("|---|---|---|")
+    print("| task | library | wall | CPU |")
+    print("|---|---|---|---|")
     for name, s in r["train_s"].items():
-        print(f"| train | {name} | {'n/a' if s is None else f'{s:.2f} s'} |")
+        cpu = r["train_cpu_s"].get(name)
+        wall = "n/a" if s is None else f"{s:.2f} s"
+        print(f"| train | {name} | {wall} | {'n/a' if cpu is None else f'{cpu:.2f} s'} |")
     for name, v in r["encode_mb_s"].items():
         lib, n = name.rsplit("_", 1)
-        print(f"| encode ({n} thread{'s' if n != '1' else ''}) | {lib} | {v:.1f} MB/s |")
+        cpu = r["encode_mb_per_cpu_s"].get(name)
+        cpu_s = "" if cpu is None else f"{cpu:.1f} MB/CPU-s"
+        print(f"| encode, {n} thread{'s' if n != '1' else ''} | {lib} | {v:.1f} MB/s | {cpu_s} |")
     for name, v in r["ratios"].items():
-        print(f"| ratio | {name} | {'n/a' if v is None else f'{v:.2f}'} |")
+        print(f"| ratio | {name} | {'n/a' if v is None else f'{v:.2f}'} | |")
 
 
 if __name__ == "__main__":

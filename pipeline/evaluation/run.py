@@ -10,8 +10,9 @@ writes into `{train.out_dir}/{variant}/`:
     eval_details.json  per-task CORE, ICL accuracy per number of examples, per-position losses
     samples.json       generations from `eval.samples_prompts`
 
-A baseline (no pathway) computes one function in every mode (an identity `lrt` tests), so only
-"init" is computed and the other requested modes repeat its value.
+A baseline (no pathway) computes one function in every mode (an identity `lrt` tests): its
+"sequential" BPB is the init pass over the sequential mode's windows (the same tokens as an LRT's),
+the other BPB modes and its CORE / ICL "sequential" entries repeat the "init" values.
 """
 
 from __future__ import annotations
@@ -130,8 +131,13 @@ def evaluate_model(
             epochs=1,
             tokenizer_hash=getattr(tokenizer, "hash", None),
         )
+    loss_fns = lrt_loss_fns(model, modes, strategy)
+    if not cfg.has_pathway and "sequential" in requested:
+        # Exact decoding of a baseline is its init pass; scoring it again over the sequential
+        # mode's windows keeps `bpb.sequential` on the same tokens for every variant.
+        loss_fns["sequential"] = loss_fns["init"]
     bpb = evaluate_bpb(
-        lrt_loss_fns(model, modes, strategy),
+        loss_fns,
         val_batches,
         tokenizer.token_byte_lengths(),
         seq_len=seq_len,
@@ -142,8 +148,8 @@ def evaluate_model(
         device=device,
         progress=progress,
     )
-    metrics.update(bpb_metrics(bpb, alias_modes=[m for m in requested if m not in modes]))
-    metrics["icl_gain"] = {m: in_context_gain(r.doc_position_loss) for m, r in bpb.results.items()}
+    metrics.update(bpb_metrics(bpb, alias_modes=[m for m in requested if m not in loss_fns]))
+    metrics["icl_gain"] = {m: in_context_gain(bpb.results[m].doc_position_loss) for m in modes}
     details["bpb"] = {
         m: {
             "bpb": r.bpb,

@@ -30,7 +30,13 @@ create_exception!(
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add("ShardFormatError", py.get_type::<ShardFormatError>())?;
-    m.add("TokenizerMismatchError", py.get_type::<TokenizerMismatchError>())?;
-    m.add("TokenizerFormatError", py.get_type::<TokenizerFormatError>())?;
+    m.add(
+        "TokenizerMismatchError",
+        py.get_type::<TokenizerMismatchError>(),
+    )?;
+    m.add(
+        "TokenizerFormatError",
+        py.get_type::<TokenizerFormatError>(),
+    )?;
     Ok(())
 }

@@ -135,7 +135,13 @@ mod tests {
 
     fn small_tokenizer() -> Tokenizer {
         let docs: Vec<String> = (0..50)
-            .map(|i| format!("{}aaab abab  {} ---==--- ...,,, {i}", " ".repeat(i % 7), "ba".repeat(i % 5)))
+            .map(|i| {
+                format!(
+                    "{}aaab abab  {} ---==--- ...,,, {i}",
+                    " ".repeat(i % 7),
+                    "ba".repeat(i % 5)
+                )
+            })
             .collect();
         Tokenizer::train(&docs, 320, GPT4_SPLIT_PATTERN, &[]).unwrap()
     }

@@ -62,9 +62,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), BpeError> {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    let name = path.file_name().ok_or_else(|| {
-        BpeError::InvalidValue(format!("{}: not a file path", path.display()))
-    })?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| BpeError::InvalidValue(format!("{}: not a file path", path.display())))?;
     let tmp = dir.join(format!(
         ".{}.{}.tmp",
         name.to_string_lossy(),
@@ -111,7 +111,10 @@ pub fn load(path: &Path) -> Result<Tokenizer, BpeError> {
     let (ln, l) = next("the header")?;
     if l != MAGIC {
         let shown: String = l.chars().take(40).collect();
-        return Err(fail(ln, format!("expected header {MAGIC:?}, found {shown:?}")));
+        return Err(fail(
+            ln,
+            format!("expected header {MAGIC:?}, found {shown:?}"),
+        ));
     }
     let (ln, l) = next("the pattern line")?;
     let pattern = l
@@ -120,7 +123,8 @@ pub fn load(path: &Path) -> Result<Tokenizer, BpeError> {
         .and_then(|p| String::from_utf8(p).ok())
         .ok_or_else(|| fail(ln, "expected `pattern <base64 UTF-8>`".into()))?;
     let (ln, l) = next("the specials line")?;
-    let n_specials = count_line(l, "specials").ok_or_else(|| fail(ln, "expected `specials <N>`".into()))?;
+    let n_specials =
+        count_line(l, "specials").ok_or_else(|| fail(ln, "expected `specials <N>`".into()))?;
     let mut specials = Vec::with_capacity(n_specials);
     for _ in 0..n_specials {
         let (ln, l) = next("a special token line")?;
@@ -177,15 +181,18 @@ pub fn load_tiktoken_ranks(path: &Path) -> Result<Vec<Vec<u8>>, BpeError> {
         let (Some(b), Some(r), None) = (parts.next(), parts.next(), parts.next()) else {
             return Err(fail(i + 1, "expected two fields".into()));
         };
-        let b = B64.decode(b).map_err(|e| fail(i + 1, format!("bad base64 ({e})")))?;
-        let r: u32 = r.parse().map_err(|_| fail(i + 1, format!("bad rank {r:?}")))?;
+        let b = B64
+            .decode(b)
+            .map_err(|e| fail(i + 1, format!("bad base64 ({e})")))?;
+        let r: u32 = r
+            .parse()
+            .map_err(|_| fail(i + 1, format!("bad rank {r:?}")))?;
         pairs.push((b, r, i + 1));
     }
-    ranks_from_pairs(pairs.into_iter().map(|(b, r, _)| (b, r)).collect())
-        .map_err(|e| match e {
-            BpeError::InvalidValue(msg) => fail(0, msg),
-            other => other,
-        })
+    ranks_from_pairs(pairs.into_iter().map(|(b, r, _)| (b, r)).collect()).map_err(|e| match e {
+        BpeError::InvalidValue(msg) => fail(0, msg),
+        other => other,
+    })
 }
 
 /// Token bytes by rank from `(bytes, rank)` pairs; the ranks must be exactly `0..M`.
@@ -196,7 +203,11 @@ pub fn ranks_from_pairs(mut pairs: Vec<(Vec<u8>, u32)>) -> Result<Vec<Vec<u8>>, 
             return Err(BpeError::InvalidValue(format!(
                 "ranks must be 0..{} without gaps or repeats; rank {i} is {}",
                 pairs.len(),
-                if (*r as usize) < i { "repeated" } else { "missing" }
+                if (*r as usize) < i {
+                    "repeated"
+                } else {
+                    "missing"
+                }
             )));
         }
     }
@@ -229,7 +240,11 @@ mod tests {
         for (text, line) in cases {
             std::fs::write(&path, text).unwrap();
             match load(&path) {
-                Err(BpeError::Format { path: p, line: l, msg }) => {
+                Err(BpeError::Format {
+                    path: p,
+                    line: l,
+                    msg,
+                }) => {
                     assert_eq!(p, path);
                     assert_eq!(l, line, "{msg}");
                     assert!(msg.contains("Tokenizer.save"));

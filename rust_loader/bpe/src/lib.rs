@@ -139,10 +139,14 @@ impl Tokenizer {
                 )));
             }
             if i > 0 && specials[i - 1].1 == *id {
-                return Err(BpeError::InvalidValue(format!("two special tokens share id {id}")));
+                return Err(BpeError::InvalidValue(format!(
+                    "two special tokens share id {id}"
+                )));
             }
             if specials[..i].iter().any(|(p, _)| p == s) {
-                return Err(BpeError::InvalidValue(format!("special token {s:?} is repeated")));
+                return Err(BpeError::InvalidValue(format!(
+                    "special token {s:?} is repeated"
+                )));
             }
         }
         let mut tok = Tokenizer {
@@ -232,7 +236,10 @@ impl Tokenizer {
                 .collect::<Result<Vec<_>, _>>()
         };
         match threads {
-            Some(1) => texts.iter().map(|t| self.encode_ordinary(t.as_ref())).collect(),
+            Some(1) => texts
+                .iter()
+                .map(|t| self.encode_ordinary(t.as_ref()))
+                .collect(),
             Some(k) => Ok(thread_pool(k)?.install(run)?),
             None => run(),
         }
@@ -347,7 +354,9 @@ mod tests {
         let base = "The quick brown fox jumps over the lazy dog. It's 2024; numbers 12345!\n\
                     def f(x):\n    return x ** 2  # square\n\tTabs and   spaces.\n\
                     Ünïcödé text, 中文字符, emoji 😀😀 and more more more text text.";
-        (0..20).map(|i| format!("{base} doc {i} {}", "ab".repeat(i))).collect()
+        (0..20)
+            .map(|i| format!("{base} doc {i} {}", "ab".repeat(i)))
+            .collect()
     }
 
     #[test]
@@ -390,14 +399,18 @@ mod tests {
     fn save_load_roundtrip_keeps_hash() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tok.bpe");
-        let tok = Tokenizer::train(&corpus(), 320, GPT4_SPLIT_PATTERN, &["<|bos|>".into()]).unwrap();
+        let tok =
+            Tokenizer::train(&corpus(), 320, GPT4_SPLIT_PATTERN, &["<|bos|>".into()]).unwrap();
         tok.save(&path).unwrap();
         let back = Tokenizer::load(&path).unwrap();
         assert_eq!(back.hash(), tok.hash());
         assert_eq!(back.ranks(), tok.ranks());
         assert_eq!(back.special_tokens(), tok.special_tokens());
         let text = "some new text that was not in training 999";
-        assert_eq!(back.encode_ordinary(text).unwrap(), tok.encode_ordinary(text).unwrap());
+        assert_eq!(
+            back.encode_ordinary(text).unwrap(),
+            tok.encode_ordinary(text).unwrap()
+        );
     }
 
     proptest! {

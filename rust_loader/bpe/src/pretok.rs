@@ -166,7 +166,11 @@ fn classes() -> &'static Classes {
                 .flat_map(|(a, b)| a..=b)
                 .collect()
         });
-        Classes { index, blocks, folds }
+        Classes {
+            index,
+            blocks,
+            folds,
+        }
     })
 }
 
@@ -307,11 +311,17 @@ mod tests {
     use proptest::prelude::*;
 
     fn reference(text: &str) -> Vec<&str> {
-        Pretokenizer::regex(GPT4_SPLIT_PATTERN).unwrap().split(text).unwrap()
+        Pretokenizer::regex(GPT4_SPLIT_PATTERN)
+            .unwrap()
+            .split(text)
+            .unwrap()
     }
 
     fn fast(text: &str) -> Vec<&str> {
-        Pretokenizer::new(GPT4_SPLIT_PATTERN).unwrap().split(text).unwrap()
+        Pretokenizer::new(GPT4_SPLIT_PATTERN)
+            .unwrap()
+            .split(text)
+            .unwrap()
     }
 
     #[test]
@@ -324,10 +334,52 @@ mod tests {
 
     /// Characters around every branch boundary of the pattern.
     const TRICKY: &[char] = &[
-        'a', 'Z', 's', 'S', 'l', 'L', 'v', 'e', 'r', 'R', 'd', 'm', 't', 'ſ', 'K', '\'', '’', ' ',
-        '\t', '\n', '\r', '\u{0b}', '\u{0c}', '\u{85}', '\u{a0}', '\u{2028}', '\u{3000}', '0', '7',
-        '½', '٣', '⅛', '!', '.', '(', '_', '-', '€', '😀', 'é', 'ß', '中', '\u{301}', '\u{200d}',
-        '\u{0}', '\u{10ffff}',
+        'a',
+        'Z',
+        's',
+        'S',
+        'l',
+        'L',
+        'v',
+        'e',
+        'r',
+        'R',
+        'd',
+        'm',
+        't',
+        'ſ',
+        'K',
+        '\'',
+        '’',
+        ' ',
+        '\t',
+        '\n',
+        '\r',
+        '\u{0b}',
+        '\u{0c}',
+        '\u{85}',
+        '\u{a0}',
+        '\u{2028}',
+        '\u{3000}',
+        '0',
+        '7',
+        '½',
+        '٣',
+        '⅛',
+        '!',
+        '.',
+        '(',
+        '_',
+        '-',
+        '€',
+        '😀',
+        'é',
+        'ß',
+        '中',
+        '\u{301}',
+        '\u{200d}',
+        '\u{0}',
+        '\u{10ffff}',
     ];
 
     fn tricky_string() -> impl Strategy<Value = String> {
@@ -359,7 +411,12 @@ mod tests {
             for &c in block {
                 text.push_str(&format!("{c} {c}x'{c}{c}a\n{c} "));
             }
-            assert_eq!(fast(&text), reference(&text), "block at U+{:04X}", block[0] as u32);
+            assert_eq!(
+                fast(&text),
+                reference(&text),
+                "block at U+{:04X}",
+                block[0] as u32
+            );
         }
     }
 }

@@ -102,7 +102,9 @@ pub fn ranks_target(vocab_size: usize, n_specials: usize) -> Result<usize, BpeEr
         )));
     }
     if vocab_size > u32::MAX as usize / 2 {
-        return Err(BpeError::InvalidValue(format!("vocab_size {vocab_size} is too large")));
+        return Err(BpeError::InvalidValue(format!(
+            "vocab_size {vocab_size} is too large"
+        )));
     }
     Ok(vocab_size - n_specials)
 }
@@ -158,10 +160,8 @@ pub fn learn<'a>(
         ..Default::default()
     };
     let (mut pair_counts, mut pair_where) = initial_pairs(&words, &counts);
-    let mut heap: BinaryHeap<(i64, Reverse<u64>)> = pair_counts
-        .iter()
-        .map(|(&p, &c)| (c, Reverse(p)))
-        .collect();
+    let mut heap: BinaryHeap<(i64, Reverse<u64>)> =
+        pair_counts.iter().map(|(&p, &c)| (c, Reverse(p))).collect();
     let mut delta: PairCounts = FxHashMap::default();
 
     while tokens.len() < n_ranks {

@@ -11,6 +11,7 @@ pub mod error;
 pub mod format;
 pub mod loader;
 pub mod pack;
+pub mod reader;
 pub mod rng;
 
 pub use error::{DataError, Result};

@@ -261,6 +261,27 @@ fn prefetcher_matches_sampler() {
     assert_eq!(got, rows);
 }
 
+#[test]
+fn every_byte_flip_is_detected() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tokens, starts) = sample();
+    for c in [Compression::None, Compression::Zstd] {
+        let good = encode_shard(&meta(c), &tokens, &starts).unwrap();
+        for i in 0..good.len() {
+            for bit in [0, 7] {
+                let mut b = good.clone();
+                b[i] ^= 1 << bit;
+                let p = write(dir.path(), "f.bin", &b);
+                let res = Shard::open(&p).and_then(|s| s.verify_all());
+                assert!(
+                    res.is_err(),
+                    "{c:?}: flip of bit {bit} in byte {i} went unseen"
+                );
+            }
+        }
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(200))]
     #[test]
