@@ -33,6 +33,9 @@ pub fn to_py_err(e: BpeError) -> PyErr {
     }
 }
 
+/// (ids, offsets) of `encode_batch_flat`.
+type FlatIds<'py> = (Bound<'py, PyArray1<u32>>, Bound<'py, PyArray1<i64>>);
+
 /// A byte-level BPE tokenizer (private; use `pipeline.tokenizer.Tokenizer`).
 #[pyclass(name = "Tokenizer", module = "pipeline._rust", frozen)]
 pub struct PyTokenizer {
@@ -190,7 +193,7 @@ impl PyTokenizer {
         py: Python<'py>,
         texts: Vec<String>,
         num_threads: Option<usize>,
-    ) -> PyResult<(Bound<'py, PyArray1<u32>>, Bound<'py, PyArray1<i64>>)> {
+    ) -> PyResult<FlatIds<'py>> {
         let (ids, offsets) = py
             .detach(|| {
                 let all = self.inner.encode_batch(&texts, num_threads)?;
