@@ -92,6 +92,17 @@ def with_settings(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+@contextlib.contextmanager
+def _invocation(settings: Settings, command: str) -> Any:
+    """One MLflow parent run for this command line, whatever stages and variants it runs."""
+    from pipeline.tracking import Tracker
+
+    with Tracker(settings.tracking, project_dir=settings.project_dir).pipeline(
+        f"lrt-pipeline {command}"
+    ):
+        yield
+
+
 def _echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
@@ -147,7 +158,8 @@ def download(settings: Settings) -> None:
     """Fetch or assemble the raw corpus (data.source) into data.raw_dir."""
     from pipeline import steps
 
-    manifest = steps.download(settings)
+    with _invocation(settings, "download"):
+        manifest = steps.download(settings)
     click.echo(
         f"{manifest['documents']} documents, {manifest['bytes']:,} bytes in "
         f"{len(manifest['files'])} file(s) -> {settings.data.raw_dir}"
@@ -160,7 +172,8 @@ def tokenize(settings: Settings) -> None:
     """Train the BPE tokenizer and pack the raw documents into token shards."""
     from pipeline import steps
 
-    stats = steps.tokenize(settings)
+    with _invocation(settings, "tokenize"):
+        stats = steps.tokenize(settings)
     click.echo(
         f"vocab {stats['vocab_size']}, {stats['tokens']:,} tokens "
         f"({stats['train_tokens']:,} train / {stats['val_tokens']:,} val) -> {settings.tokenizer.out_dir}"
@@ -175,9 +188,11 @@ def train(settings: Settings, variants: tuple[str, ...], resume: bool) -> None:
     """Train variants into train.out_dir/VARIANT."""
     from pipeline import steps
 
-    for name in _variants(settings, variants):
-        metrics = steps.train(settings, name, resume=resume)
-        click.echo(f"{name}: {_summary(metrics)}")
+    names = _variants(settings, variants)
+    with _invocation(settings, "train"):
+        for name in names:
+            metrics = steps.train(settings, name, resume=resume)
+            click.echo(f"{name}: {_summary(metrics)}")
 
 
 @main.command(name="eval")
@@ -187,9 +202,11 @@ def eval_(settings: Settings, variants: tuple[str, ...]) -> None:
     """Evaluate trained variants (BPB in every mode, CORE, ICL probes, samples)."""
     from pipeline import steps
 
-    for name in _variants(settings, variants):
-        metrics = steps.evaluate(settings, name)
-        click.echo(f"{name}: {_summary(metrics)}")
+    names = _variants(settings, variants)
+    with _invocation(settings, "eval"):
+        for name in names:
+            metrics = steps.evaluate(settings, name)
+            click.echo(f"{name}: {_summary(metrics)}")
 
 
 @main.command()
@@ -198,7 +215,8 @@ def report(settings: Settings) -> None:
     """Write report.md and report.html comparing the variants."""
     from pipeline import steps
 
-    click.echo(str(steps.report(settings)))
+    with _invocation(settings, "report"):
+        click.echo(str(steps.report(settings)))
 
 
 @main.command()

@@ -216,7 +216,7 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 
 
 # Eval keys left out of the report's table: per-task detail and bookkeeping.
-EVAL_SKIP = ("core_tasks", "timing", "seconds", "val_tokens", "tokens", "n_")
+EVAL_SKIP = ("core_tasks", "timing", "seconds", "val_tokens", "tokens", "n_", "step")
 
 
 def eval_scalars(metrics: Mapping[str, Any] | None) -> dict[str, float]:
@@ -445,7 +445,7 @@ def _fmt(v: Any) -> str:
         v = int(v)
         return f"{v:.3e}" if abs(v) >= 1e9 else f"{v:,}"
     if isinstance(v, float):
-        if abs(v) >= 1e6 or (v != 0 and abs(v) < 1e-3):
+        if abs(v) >= 1e6 or (v != 0 and abs(v) < 1e-4):
             return f"{v:.3e}"
         return f"{v:.4f}"
     return str(v)
@@ -456,8 +456,9 @@ def _round(v: float | None) -> int | None:
 
 
 def _delta(a: Any, b: Any) -> str:
+    """Signed difference with a typographic minus (also how the HTML spots deltas to colour)."""
     if isinstance(a, float) and isinstance(b, float):
-        return f"{a - b:+.4f}"
+        return f"{a - b:+.4f}".replace("-", "\u2212")
     return "–"
 
 
@@ -711,8 +712,8 @@ tr:hover td{background:#f8fafc} .na{color:#9aa4b1;font-style:italic}
 
 def _html_cell(s: str, tag: str = "td") -> str:
     cls = ' class="na"' if s in (NA, NOT_REACHED) else ""
-    if re.fullmatch(r"[+-]\d+\.\d+", s):  # a delta: lower BPB is better
-        cls = ' class="good"' if s.startswith("-") else ' class="bad"'
+    if re.fullmatch(r"[+\u2212]\d+\.\d+", s):  # a delta (see _delta): lower BPB is better
+        cls = ' class="good"' if s.startswith("\u2212") else ' class="bad"'
     return f"<{tag}{cls}>{html.escape(s)}</{tag}>"
 
 

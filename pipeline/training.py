@@ -985,14 +985,22 @@ def train_variant(
 
 
 def _tokenizer_info(data_dir: Path) -> tuple[int, str | None, np.ndarray | None]:
-    """(vocab_size, tokenizer hash, token byte lengths) of the packed data in `data_dir`."""
+    """(vocab_size, tokenizer hash, token byte lengths) for the packed data in `data_dir`.
+
+    With the tokenizer file present (`tokenizer.bpe`, else the first `tokenizer*`), its hash is
+    what the loader checks the shards against, so shards from another tokenizer fail loudly;
+    without it there is no BPB (validation loss only) and the manifest's hash is used.
+    """
     from pipeline.shards import read_manifest
 
     manifest = read_manifest(data_dir)
-    token_bytes = None
-    candidates = sorted(data_dir.glob("tokenizer*"))
-    if candidates:
-        from pipeline.tokenizer import Tokenizer
+    preferred = data_dir / "tokenizer.bpe"
+    files = [preferred] if preferred.is_file() else sorted(data_dir.glob("tokenizer*"))
+    files = [f for f in files if f.is_file()]
+    if not files:
+        return int(manifest.vocab_size), manifest.tokenizer_hash, None
+    from pipeline.tokenizer import Tokenizer
 
-        token_bytes = np.asarray(Tokenizer.load(candidates[0]).token_byte_lengths())
-    return int(manifest.vocab_size), getattr(manifest, "tokenizer_hash", None), token_bytes
+    tok = Tokenizer.load(files[0])
+    vocab = max(int(manifest.vocab_size), int(tok.vocab_size))
+    return vocab, tok.hash, np.asarray(tok.token_byte_lengths())

@@ -216,3 +216,20 @@ def test_stage_params_hold_what_the_stage_reads() -> None:
     assert set(steps.stage_params(settings, "download")) == {
         k for k in settings.flat() if k.startswith("data.")
     }
+
+
+def test_download_is_tracked_under_one_parent(project: Path) -> None:
+    result = invoke("download", "--set", "data.max_bytes=50000", "--set", "tracking.enabled=true")
+    assert result.exit_code == 0, result.output
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlruns.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("lrt").experiment_id])
+    by_name = {r.info.run_name: r for r in runs}
+    assert set(by_name) == {"lrt-pipeline download", "download"}
+    assert (
+        by_name["download"].data.tags["mlflow.parentRunId"]
+        == by_name["lrt-pipeline download"].info.run_id
+    )
+    assert by_name["download"].data.metrics["raw/documents"] > 0
+    assert by_name["download"].data.params["data.source"] == "builtin"

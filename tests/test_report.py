@@ -165,6 +165,8 @@ def test_report_full(project: Path) -> None:
     base_curve_at_60 = 1.20 + 2.0 / 60
     assert f"{base_curve_at_60:.4f}" in row
     assert NOT_REACHED in row
+    assert f"\u2212{base_curve_at_60 - 1.1833:.4f}" in row  # LRT better: negative delta
+    assert '<td class="good">\u2212' in page
     row_big = next(line for line in cmp_md.splitlines() if line.startswith("| lrt_big |"))
     assert NOT_REACHED in row_big  # 100 steps at 2x compute
     assert "| vocab_size | 512 |" in md

@@ -99,6 +99,8 @@ def data_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tokens")
     shards.pack(docs, tok, out, shard_tokens=1 << 14, val_fraction=0.1, seed=0)
     np.save(out / "token_bytes.npy", np.asarray(tok.token_byte_lengths()))
+    if hasattr(tok, "save"):  # the real tokenizer, where train_variant looks for it
+        tok.save(out / "tokenizer.bpe")
     return out
 
 
@@ -414,5 +416,31 @@ def test_train_variant_from_settings(data_dir: Path, tmp_path: Path) -> None:
     assert m["variant"] == "lrt" and m["step"] == 2
     assert m["config"]["model"]["pathway"] == "shared"
     assert m["config"]["train"]["max_steps"] == 2
+    if (data_dir / "tokenizer.bpe").exists():
+        assert 0 < m["val_bpb"] < 20
     saved = json.loads((tmp_path / "runs" / "lrt" / "train_metrics.json").read_text())
     assert saved["config"]["strategy"]["name"] == "interleaved"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_bf16_compile_and_resume(data_dir: Path, tmp_path: Path) -> None:
+    """CUDA path: bf16 autocast, torch.compile, MFU on a known GPU, and resume from a CUDA
+    checkpoint (losses close, not bit-exact: GPU kernels may be non-deterministic)."""
+    cfg, strat = _cfgs()
+    s = _settings(device="cuda", compile=True, checkpoint_every=0)
+    ref = train(cfg, strat, s, data_dir, tmp_path / "ref", token_bytes=_token_bytes(data_dir),
+                progress=False)  # fmt: skip
+    assert ref["dtype"] == "bfloat16" and ref["device"].startswith("cuda")
+    assert 0 < ref["val_bpb"] < 20
+    if any(k in torch.cuda.get_device_name() for k in ("H100", "H200", "A100")):
+        assert ref["mfu"] is not None and 0 < ref["mfu"] < 1
+
+    def interrupt(step, row):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(TrainingInterrupted):
+        train(cfg, strat, s, data_dir, tmp_path / "run", progress=False, on_step=interrupt)
+    got = train(cfg, strat, s, data_dir, tmp_path / "run", resume=True, progress=False)
+    assert got["loss"] == pytest.approx(ref["loss"], rel=0.05)
