@@ -641,6 +641,8 @@ def build_sections(
     for r in runs:
         modes += [m for m in eval_bpb_modes(r.eval_metrics) if m not in modes]
         scalars += [k for k in eval_scalars(r.eval_metrics) if k not in scalars]
+    mode_rank = {m: i for i, m in enumerate(MODE_ORDER)}
+    modes.sort(key=lambda m: (mode_rank.get(m, len(mode_rank)), m))
     group = ("bpb_gap", "core", "icl_gain", "icl_acc")
     scalars.sort(
         key=lambda k: (next((i for i, g in enumerate(group) if k.startswith(g)), len(group)), k)

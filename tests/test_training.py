@@ -330,6 +330,7 @@ def test_sigint_checkpoints_and_resumes(data_dir: Path, tmp_path: Path) -> None:
 
 
 _DDP_SCRIPT = """
+import os
 import sys
 from pathlib import Path
 import torch
@@ -340,12 +341,14 @@ torch.set_num_threads(1)
 data, out = map(Path, sys.argv[1:3])
 cfg = LRTConfig(vocab_size={vocab}, pathway="shared", **{cfg})
 strategy = StrategyConfig(name="interleaved")
+lines = []  # one file per rank: their stdout would interleave
 try:  # 3 sequences per step cannot be split over 2 ranks
     train(cfg, strategy, TrainSettings(**{bad}), data, out / "bad", progress=False)
 except ValueError as e:
-    print("BAD", e, flush=True)
+    lines.append(f"BAD {{e}}")
 m = train(cfg, strategy, TrainSettings(**{settings}), data, out / "ddp", progress=False)
-print("RESULT", m["world_size"], m["grad_accum"], m["step"], flush=True)
+lines.append(f"RESULT {{m['world_size']}} {{m['grad_accum']}} {{m['step']}}")
+(out / f"rank{{os.environ['RANK']}}.txt").write_text("\\n".join(lines))
 """
 
 
@@ -386,9 +389,11 @@ def test_ddp_two_gloo_processes(data_dir: Path, tmp_path: Path) -> None:
         timeout=180,
     )
     assert res.returncode == 0, res.stderr[-3000:]
-    assert res.stdout.count("BAD train.total_batch_tokens=96 is not divisible") == 2
-    assert "world_size=2 = 64" in res.stdout
-    assert res.stdout.count("RESULT 2 2 3") == 2  # both ranks finished: world 2, accum 2
+    for rank in (0, 1):
+        bad_line, result = (tmp_path / f"rank{rank}.txt").read_text().splitlines()
+        assert bad_line.startswith("BAD train.total_batch_tokens=96 is not divisible by")
+        assert "world_size=2 = 64" in bad_line
+        assert result == "RESULT 2 2 3"  # finished: world 2, accum 2, 3 steps
     out = tmp_path / "ddp"
     ckpt = load_checkpoint(out / "ckpt" / "step_00000003.pt")
     assert len(ckpt["loader"]) == 2 and len(ckpt["rng"]) == 2  # one state per rank

@@ -45,7 +45,7 @@ REPO = Path(__file__).resolve().parents[2]
 # Configurations
 
 
-def sizes(smoke: bool) -> dict[str, Any]:
+def sizes(smoke: bool, quick_quality: bool = False) -> dict[str, Any]:
     if smoke:
         model = dict(vocab_size=512, depth=2, seq_len=64, n_embd=64, n_head=2)
         return dict(
@@ -63,6 +63,7 @@ def sizes(smoke: bool) -> dict[str, Any]:
                 curve_rows=4,
                 min_steps=6,
                 max_steps=6,
+                base_seq_check=True,
             ),
         )
     model = dict(vocab_size=65536, depth=12, seq_len=2048)
@@ -81,6 +82,18 @@ def sizes(smoke: bool) -> dict[str, Any]:
             curve_rows=32,
             min_steps=30,
             max_steps=2000,
+            base_seq_check=True,
+        )
+        if not quick_quality
+        # The same experiment, smaller and shorter (fits ~2 minutes of device time).
+        else dict(
+            model=dict(vocab_size=8192, depth=4, seq_len=256),
+            batch_size=64,
+            val_rows=256,
+            curve_rows=64,
+            min_steps=30,
+            max_steps=2000,
+            base_seq_check=False,
         ),
     )
 
@@ -467,7 +480,11 @@ def worker_quality(part: Part, cfg: dict[str, Any], data_dir: Path, budget_s: fl
         return float(nats.sum()) / (math.log(2) * nbytes)
 
     def batches():
-        loader = DataLoader(data_dir / "tokens", "train", B, T, mode="bestfit", seed=0)
+        # Contiguous shuffled windows. Not "bestfit": every Gutenberg book is one document of
+        # ~1e5 tokens, and best-fit crops each document to the row, so it would train on the
+        # first T tokens of each of the ~250 books only (the first run of this script did, and
+        # memorised them).
+        loader = DataLoader(data_dir / "tokens", "train", B, T, mode="contiguous", seed=0)
         try:
             for x, y in loader:
                 yield x.to(dev).long(), y.to(dev).long()
@@ -519,10 +536,29 @@ def worker_quality(part: Part, cfg: dict[str, Any], data_dir: Path, budget_s: fl
             bpb(tr.model, "merged")
             bpb(tr.model, "merged", q["curve_rows"])
         cal[f"{name}_eval_warm_s"] = time.perf_counter() - t0
+        # Sequential evaluation is token by token: time 16 steps, extrapolate to T.
+        if mcfg.has_pathway or q["base_seq_check"]:
+            rows_ = None if mcfg.has_pathway else q["curve_rows"]
+            i_, t_ = (v_idx, v_tgt) if rows_ is None else (v_idx[:rows_], v_tgt[:rows_])
+            from lrt.decode import sequential_losses
+
+            _sync(dev)
+            t0 = time.perf_counter()
+            with torch.no_grad(), _autocast(dev):
+                sequential_losses(tr.model, i_[:, :16], t_[:, :16])
+            _sync(dev)
+            cal[f"{name}_seq_eval_est_s"] = (time.perf_counter() - t0) * T / 16
         del tr
     elapsed = time.perf_counter() - t_start
     # Time left for training: budget minus evaluation (~8 % + a fixed allowance) and margin.
-    train_s = max(0.0, (budget_s - elapsed) * 0.80 - 20.0)
+    eval_s = (
+        2 * cal.get("base_seq_eval_est_s", 0.0)
+        + cal.get("lrt_seq_eval_est_s", 0.0)
+        + 2 * cal["base_eval_warm_s"]
+        + cal["lrt_eval_warm_s"]
+    )
+    cal["eval_est_s"] = eval_s
+    train_s = max(0.0, (budget_s - elapsed - eval_s) * 0.85 - 10.0)
     per_n = cal["base"] * (1 + ratio) + cal["lrt"]  # base N + LRT N + base ratio*N
     n = int(min(q["max_steps"], max(q["min_steps"], train_s / per_n)))
     n_matched = int(round(n * ratio))
@@ -571,7 +607,7 @@ def worker_quality(part: Part, cfg: dict[str, Any], data_dir: Path, budget_s: fl
                 r["val_bpb_sequential"] = bpb(tr.model, "sequential")
                 g = tr.model.pathway.gamma.detach().float()
                 r["gamma"] = [round(float(v), 4) for v in g]
-            else:  # a baseline has no recurrence: sequential decoding == init pass (check)
+            elif q["base_seq_check"]:  # no recurrence: sequential decoding == init pass
                 r["val_bpb_sequential"] = bpb(tr.model, "sequential", q["curve_rows"])
                 r["val_bpb_init_same_rows"] = bpb(tr.model, "init", q["curve_rows"])
             r["eval_s"] = time.perf_counter() - t0
@@ -613,7 +649,7 @@ def worker_pytest(part: Part, timeout: float) -> None:
 
 
 def worker_main(a: argparse.Namespace) -> None:
-    cfg = sizes(a.smoke)
+    cfg = sizes(a.smoke, a.quick_quality)
     part = Part(Path(a.part))
     if a.threads:
         import torch
@@ -809,6 +845,8 @@ def parent_main(a: argparse.Namespace) -> None:
                     str(max(10.0, timeout - 15))]  # fmt: skip
             if a.smoke:
                 args += ["--smoke", "--threads", "1"]
+            if a.quick_quality:
+                args += ["--quick-quality"]
             try:
                 meta = _run_worker(name, args, timeout, log)
             except Exception as exc:  # noqa: BLE001
@@ -840,6 +878,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--part", default=None, help=argparse.SUPPRESS)
     p.add_argument("--worker-budget", type=float, default=100.0, help=argparse.SUPPRESS)
     p.add_argument("--threads", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--quick-quality", action="store_true", help="smaller, shorter quality run")
     a = p.parse_args(argv)
     if a.worker:
         worker_main(a)
