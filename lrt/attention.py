@@ -12,6 +12,11 @@ Backends for the masked case:
 - "auto" (default): flex on CUDA when `torch.nn.attention.flex_attention` imports, else sdpa.
   If flex fails once, we warn and use sdpa from then on.
 
+A pass builds its mask once, before the layer loop (`attention_mask`), and hands the same mask to
+every layer's `masked_attention(..., mask=...)`. The flex block mask is host-side bookkeeping
+(cached per (mask_key, Tq, Tk, device)) and is built outside compiled code, so a compiled pass
+has no graph break per layer (one per layer used to make dynamo recompile per layer index).
+
     >>> q = torch.randn(1, 2, 3, 8); k = v = torch.randn(1, 2, 6, 8)
     >>> masked_attention(q, k, v, torch.tensor([1, 3, 5])).shape
     torch.Size([1, 2, 3, 8])
@@ -62,8 +67,41 @@ def position_mask(q_pos: Tensor, n_keys: int) -> Tensor:
     return keys.unsqueeze(0) <= q_pos.unsqueeze(1)
 
 
+def attention_mask(
+    q_pos: Tensor,
+    n_queries: int,
+    n_keys: int,
+    device: torch.device | str | None = None,
+    mask_key: Hashable | None = None,
+) -> object:
+    """The mask for `masked_attention` of one pass, built once and shared by every layer.
+
+    Returns a flex `BlockMask` (cached per (mask_key, Tq, Tk, device); building it is host-side
+    and never traced) when the flex backend is in use, else the dense boolean (Tq, Tk) mask.
+
+    Args:
+        q_pos: (Tq,) int64 original positions of the queries.
+        n_queries, n_keys: Tq and Tk.
+        device: device of the attention inputs (default: q_pos's).
+        mask_key: Hashable naming the mask (e.g. ("stride", s, S, T)) so the flex block mask is
+            cached without reading `q_pos` back to the host; None keys it by q_pos's values.
+    """
+    device = torch.device(device) if device is not None else q_pos.device
+    if _use_flex(device):
+        try:
+            return _block_mask(q_pos, n_queries, n_keys, device, mask_key)
+        except Exception as exc:  # noqa: BLE001 - any mask-build failure -> dense fallback
+            _disable_flex(exc)
+    return position_mask(q_pos, n_keys)
+
+
 def masked_attention(
-    q: Tensor, k: Tensor, v: Tensor, q_pos: Tensor, mask_key: Hashable | None = None
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    q_pos: Tensor,
+    mask_key: Hashable | None = None,
+    mask: object | None = None,
 ) -> Tensor:
     """Attention of queries at original positions `q_pos` to keys at positions 0..Tk-1.
 
@@ -73,17 +111,22 @@ def masked_attention(
         q_pos: (Tq,) int64 original positions of the queries.
         mask_key: Hashable naming the mask (e.g. ("stride", s, S, T)) so the flex backend can
             reuse its block mask without reading `q_pos` back to the host.
+        mask: the pass's mask from `attention_mask` (a BlockMask runs flex, a boolean tensor
+            SDPA); None builds it here (one graph break per call inside compiled code with flex).
 
     Returns:
         (B, H, Tq, D).
     """
     k, v = k.to(q.dtype), v.to(q.dtype)
-    if _use_flex(q):
-        try:
-            return _flex_attention(q, k, v, q_pos, mask_key)
-        except Exception as exc:  # noqa: BLE001 - any kernel/compile failure -> dense fallback
-            _disable_flex(exc)
-    mask = position_mask(q_pos, k.size(2))
+    if mask is None:
+        mask = attention_mask(q_pos, q.size(2), k.size(2), q.device, mask_key)
+    if not isinstance(mask, Tensor):  # a flex BlockMask
+        if not _flex_failed:
+            try:
+                return _flex_attention(q, k, v, mask)
+            except Exception as exc:  # noqa: BLE001 - any kernel/compile failure -> dense fallback
+                _disable_flex(exc)
+        mask = position_mask(q_pos, k.size(2))
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
@@ -91,12 +134,12 @@ def masked_attention(
 # FlexAttention path
 
 
-def _use_flex(q: Tensor) -> bool:
+def _use_flex(device: torch.device) -> bool:
     if _flex_failed or _backend == "sdpa":
         return False
     if _backend == "flex":
         return True
-    return q.is_cuda
+    return device.type == "cuda"
 
 
 def _disable_flex(exc: Exception) -> None:
@@ -110,7 +153,7 @@ def _disable_flex(exc: Exception) -> None:
     )
 
 
-@torch.compiler.disable  # host-side mask bookkeeping: a graph break, then the kernel is traced
+@torch.compiler.disable  # host-side bookkeeping; called once per pass, before the layer loop
 def _block_mask(q_pos: Tensor, tq: int, tk: int, device: torch.device, mask_key):
     from torch.nn.attention.flex_attention import create_block_mask
 
@@ -133,11 +176,10 @@ def _block_mask(q_pos: Tensor, tq: int, tk: int, device: torch.device, mask_key)
     return block_mask
 
 
-def _flex_attention(q: Tensor, k: Tensor, v: Tensor, q_pos: Tensor, mask_key) -> Tensor:
+def _flex_attention(q: Tensor, k: Tensor, v: Tensor, block_mask) -> Tensor:
     global _flex_fn
     from torch.nn.attention.flex_attention import flex_attention
 
-    block_mask = _block_mask(q_pos, q.size(2), k.size(2), q.device, mask_key)
     if torch.compiler.is_compiling():  # inside a compiled pass: dynamo fuses the kernel itself
         return flex_attention(q, k, v, block_mask=block_mask)
     if _flex_fn is None:

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lrt.attention import causal_attention, masked_attention
+from lrt.attention import attention_mask, causal_attention, masked_attention
 from lrt.config import LRTConfig, StrategyConfig
 from lrt.recurrence import LatentPathway
 
@@ -74,13 +74,12 @@ class PassOutput(NamedTuple):
 
 
 class _AttnCtx(NamedTuple):
-    """Attention mode of a pass (see module docstring)."""
+    """Attention mode of a pass (see module docstring). Shared by every layer of the pass."""
 
     q_pos: Tensor | None  # (T,) original positions, None for a plain pass / single-token decode
-    buffer: list[KV] | None
-    positions: Tensor | None  # rows of the buffer this pass writes
+    positions: Tensor | None  # rows of the buffer this pass writes (buffer pass only)
     cache: KVCache | None
-    mask_key: Hashable | None
+    mask: Any  # the pass's position mask (BlockMask or dense bool), built once before the layers
 
 
 # ---------------------------------------------------------------------------------------------
@@ -110,7 +109,11 @@ class CausalSelfAttention(nn.Module):
         k = norm(apply_rotary(k, cos, sin)).to(v.dtype)
         return k.transpose(1, 2), v.transpose(1, 2)
 
-    def forward(self, xn: Tensor, cos: Tensor, sin: Tensor, fb: Any, ctx: _AttnCtx):
+    def forward(
+        self, xn: Tensor, cos: Tensor, sin: Tensor, fb: Any, ctx: _AttnCtx, kv_in: KV | None
+    ):
+        """kv_in: this layer's (K, V) buffer in a buffer pass (the rows are written into a copy),
+        else None. Nothing here depends on the layer index except the decode cache's slot."""
         b, t, _ = xn.shape
         shape = (b, t, self.n_head, self.head_dim)
         k_local, v_local = self.c_k(xn).view(shape), self.c_v(xn).view(shape)
@@ -119,8 +122,8 @@ class CausalSelfAttention(nn.Module):
         k, v = self.project_kv(k_local, v_local, cos, sin, fb)  # (B, H, T, D)
         if ctx.cache is not None:
             k_all, v_all = ctx.cache.update(self.layer_idx, k, v)
-        elif ctx.buffer is not None:
-            kb, vb = ctx.buffer[self.layer_idx]
+        elif kv_in is not None:
+            kb, vb = kv_in
             k_all = kb.index_copy(2, ctx.positions, k.to(kb.dtype))
             v_all = vb.index_copy(2, ctx.positions, v.to(vb.dtype))
         else:
@@ -128,7 +131,7 @@ class CausalSelfAttention(nn.Module):
         if ctx.q_pos is None:
             y = causal_attention(q, k_all, v_all)
         else:
-            y = masked_attention(q, k_all, v_all, ctx.q_pos, ctx.mask_key)
+            y = masked_attention(q, k_all, v_all, ctx.q_pos, mask=ctx.mask)
         y = self.c_proj(y.transpose(1, 2).reshape(b, t, -1))
         gate = fb[0] if fb is not None else None
         return y, (k_all, v_all), (k_local, v_local, gate)
@@ -217,6 +220,7 @@ class LRT(nn.Module):
         cache: KVCache | None = None,
         capture: bool = False,
         mask_key: Hashable | None = None,
+        attn_mask: Any = None,
     ) -> PassOutput:
         """One pass over `idx` (B, T) with memory (B, T, C) (None means zeros).
 
@@ -229,6 +233,9 @@ class LRT(nn.Module):
             cache: decoding cache; the pass's K/V are appended in place at `cache.pos`.
             capture: also return per-layer (k_local, v_local, gate) for the K/V refresh.
             mask_key: hashable name of the position mask (lets FlexAttention cache it).
+            attn_mask: the buffer pass's mask, prebuilt with `lrt.attention.attention_mask(
+                positions, T, T_full, device, mask_key)` outside compiled code (the strategies
+                do); None builds it here, once, before the layer loop. Every layer shares it.
         """
         cfg = self.config
         b, t = idx.shape
@@ -237,18 +244,24 @@ class LRT(nn.Module):
             if p0 + t > cfg.rope_len:
                 raise ValueError(f"decoding past the rotary table ({p0 + t} > {cfg.rope_len})")
             cos, sin = self.cos[p0 : p0 + t], self.sin[p0 : p0 + t]
-            q_pos = None if t == 1 else p0 + torch.arange(t, device=idx.device)
-            ctx = _AttnCtx(q_pos, None, None, cache, None)
+            q_pos, mask = None, None
+            if t > 1:  # several tokens against the cache: causal by position p0 + row
+                q_pos = p0 + torch.arange(t, device=idx.device)
+                mask = attention_mask(q_pos, t, p0 + t, idx.device, ("cache", p0, t))
+            ctx = _AttnCtx(q_pos, None, cache, mask)
         elif buffer is not None:
             if positions is None:
                 raise ValueError("a buffer pass needs `positions`")
             cos, sin = self.cos[positions], self.sin[positions]
-            ctx = _AttnCtx(positions, buffer, positions, None, mask_key)
+            if attn_mask is None:  # at most one graph break per pass (flex), never per layer
+                tk = buffer[0][0].size(2)
+                attn_mask = attention_mask(positions, t, tk, idx.device, mask_key)
+            ctx = _AttnCtx(positions, positions, None, attn_mask)
         else:
             if t > cfg.rope_len:
                 raise ValueError(f"sequence longer than the rotary table ({t} > {cfg.rope_len})")
             cos, sin = self.cos[:t], self.sin[:t]
-            ctx = _AttnCtx(None, None, None, None, None)
+            ctx = _AttnCtx(None, None, None, None)
 
         pw = self.pathway
         if pw is not None and memory is None:
@@ -264,7 +277,7 @@ class LRT(nn.Module):
                 x = pw.inject(x, memory, i)
             xn = norm(x)
             fb = (pw.gate(xn, i), *mem_kv[i]) if mem_kv is not None else None
-            y, kv, pre = block.attn(xn, cos, sin, fb, ctx)
+            y, kv, pre = block.attn(xn, cos, sin, fb, ctx, None if buffer is None else buffer[i])
             x = x + y
             x = x + block.mlp(norm(x))
             kvs.append(kv)

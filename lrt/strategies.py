@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lrt.attention import attention_mask
 from lrt.config import StrategyConfig
 from lrt.model import KV, LRT
 from lrt.recurrence import shift_right
@@ -132,9 +133,9 @@ def run_interleaved(
         if refresh:
             read_buf = refresh_kv(model, read_buf, pre, read_src, ~visited)
         memory = shift_right(read_src)[:, pos]  # (B, T/S, C): source at t-1
-        out = model(
-            idx[:, pos], memory, positions=pos, buffer=read_buf, mask_key=("stride", s, subsets, t)
-        )
+        # the mask is built here, outside the (compilable) pass, and shared by all its layers
+        mask = attention_mask(pos, pos.numel(), t, idx.device, ("stride", s, subsets, t))
+        out = model(idx[:, pos], memory, positions=pos, buffer=read_buf, attn_mask=mask)
         buffer = out.kv
         source = source.index_copy(1, pos, out.source)
         visited = visited.index_fill(0, pos, True)
@@ -164,9 +165,8 @@ def run_chunked(model: LRT, idx: Tensor, chunk: int, detach: bool = False) -> Ru
         pos = torch.arange(start, min(start + chunk, t), device=idx.device)
         read_src, read_buf = (source.detach(), _detached(buffer)) if detach else (source, buffer)
         memory = F.pad(read_src[:, start - 1 : start], (0, 0, 0, pos.numel() - 1))  # (B, Tc, C)
-        out = model(
-            idx[:, pos], memory, positions=pos, buffer=read_buf, mask_key=("range", start, chunk, t)
-        )
+        mask = attention_mask(pos, pos.numel(), t, idx.device, ("range", start, chunk, t))
+        out = model(idx[:, pos], memory, positions=pos, buffer=read_buf, attn_mask=mask)
         buffer = out.kv
         source = source.index_copy(1, pos, out.source)
         pieces.append(Piece(pos, out.hidden))

@@ -73,9 +73,14 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno is not None and e.filename is None:
+            # `write`/`fsync` errors (a full disk: ENOSPC, EFBIG) carry no file name.
+            raise type(e)(
+                e.errno, f"{e.strerror}; {path} was left unchanged (is the disk full?)", str(path)
+            ) from e
         raise
     _fsync_dir(path.parent)
     return path

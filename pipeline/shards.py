@@ -121,12 +121,24 @@ class ShardHeader:
     doc_starts: np.ndarray
 
 
+def _shard_file(root: Path, name: Any) -> Path:
+    # A manifest names shards inside its own folder. An absolute name or one with a separator
+    # or `..` (a hand-edited or hostile manifest) would read files anywhere; refuse it.
+    plain = isinstance(name, str) and name not in ("", ".", "..") and "\\" not in name
+    if not plain or Path(name).name != name:
+        raise ShardFormatError(
+            f"{root / MANIFEST_NAME}: shard file {name!r} is not a plain file name in this "
+            "folder; re-run `lrt-pipeline tokenize`"
+        )
+    return root / name
+
+
 def _manifest_from_json(root: Path, raw: dict[str, Any]) -> Manifest:
     splits = {
         name: [
             ShardEntry(
                 file=e["file"],
-                path=root / e["file"],
+                path=_shard_file(root, e["file"]),
                 tokens=int(e["tokens"]),
                 documents=int(e["documents"]),
                 bytes=int(e["bytes"]),
@@ -185,7 +197,7 @@ def read_manifest(out_dir: str | Path) -> Manifest:
                 "re-run `lrt-pipeline tokenize`"
             )
         return _manifest_from_json(root, raw)
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
         if isinstance(e, ShardFormatError):
             raise
         raise ShardFormatError(

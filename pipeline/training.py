@@ -741,6 +741,17 @@ class _Run:
         return metrics
 
 
+def _check_strategy_fits(model_cfg: LRTConfig, strategy_cfg: StrategyConfig) -> None:
+    # Caught here, before any data is read: otherwise torch fails deep inside the first step
+    # with "upper bound and lower bound inconsistent with step sign".
+    if strategy_cfg.name == "interleaved" and strategy_cfg.subsets > model_cfg.seq_len:
+        raise ValueError(
+            f"strategy.subsets={strategy_cfg.subsets} is larger than model.seq_len="
+            f"{model_cfg.seq_len}: interleaved training splits the {model_cfg.seq_len} positions "
+            "into that many subsets; use subsets <= seq_len"
+        )
+
+
 def train(
     model_cfg: LRTConfig,
     strategy_cfg: StrategyConfig,
@@ -791,6 +802,7 @@ def train(
     """
     ts = train_settings
     out_dir = Path(out_dir)
+    _check_strategy_fits(model_cfg, strategy_cfg)
     run = _Run(
         model_cfg,
         strategy_cfg,

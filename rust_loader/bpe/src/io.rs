@@ -125,7 +125,10 @@ pub fn load(path: &Path) -> Result<Tokenizer, BpeError> {
     let (ln, l) = next("the specials line")?;
     let n_specials =
         count_line(l, "specials").ok_or_else(|| fail(ln, "expected `specials <N>`".into()))?;
-    let mut specials = Vec::with_capacity(n_specials);
+    // Counts come from the file: bound the reservation by what the file can hold (a line is at
+    // least 4 bytes), or a damaged count aborts the process with "capacity overflow" / OOM.
+    let max_lines = text.len() / 4;
+    let mut specials = Vec::with_capacity(n_specials.min(max_lines));
     for _ in 0..n_specials {
         let (ln, l) = next("a special token line")?;
         let (b, id) = token_line(l).ok_or_else(|| fail(ln, "expected `<base64> <id>`".into()))?;
@@ -134,7 +137,7 @@ pub fn load(path: &Path) -> Result<Tokenizer, BpeError> {
     }
     let (ln, l) = next("the ranks line")?;
     let n_ranks = count_line(l, "ranks").ok_or_else(|| fail(ln, "expected `ranks <M>`".into()))?;
-    let mut tokens = Vec::with_capacity(n_ranks);
+    let mut tokens = Vec::with_capacity(n_ranks.min(max_lines));
     for rank in 0..n_ranks {
         let (ln, l) = next("a rank line")?;
         let (b, r) = token_line(l).ok_or_else(|| fail(ln, "expected `<base64> <rank>`".into()))?;

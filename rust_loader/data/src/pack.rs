@@ -263,7 +263,9 @@ impl Packer {
         Ok(serde_json::to_string(&self.finish(source)?).expect("json"))
     }
 
-    /// Shards of an earlier, larger pack in the same folder would otherwise linger.
+    /// Shards of an earlier, larger pack in the same folder would otherwise linger, and so would
+    /// the `name.bin.tmp` files of a pack killed with SIGKILL (which no destructor cleans up).
+    /// Runs after every temp of this pack was renamed, so any shard temp left is stale.
     fn remove_stale(&self, keep: &[String]) {
         let Ok(entries) = fs::read_dir(&self.out_dir) else {
             return;
@@ -273,7 +275,7 @@ impl Packer {
             let ours = SPLITS.iter().any(|s| {
                 name.strip_prefix(s)
                     .and_then(|r| r.strip_prefix('_'))
-                    .and_then(|r| r.strip_suffix(".bin"))
+                    .and_then(|r| r.strip_suffix(".tmp").unwrap_or(r).strip_suffix(".bin"))
                     .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
             });
             if ours && !keep.contains(&name) {
