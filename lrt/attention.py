@@ -95,6 +95,26 @@ def attention_mask(
     return position_mask(q_pos, n_keys)
 
 
+def attention_masks(
+    q_positions: list[Tensor],
+    n_keys: int,
+    device: torch.device | str | None = None,
+    mask_keys: list[Hashable | None] | None = None,
+) -> list[object]:
+    """`attention_mask` for several passes at once (e.g. every subset pass of a step), so that
+    inside a compiled step the flex masks cost one graph break, not one per pass."""
+    if not q_positions:
+        return []
+    device = torch.device(device) if device is not None else q_positions[0].device
+    keys = mask_keys if mask_keys is not None else [None] * len(q_positions)
+    if _use_flex(device):
+        try:
+            return _block_mask_list(q_positions, n_keys, device, keys)
+        except Exception as exc:  # noqa: BLE001 - any mask-build failure -> dense fallback
+            _disable_flex(exc)
+    return [position_mask(p, n_keys) for p in q_positions]
+
+
 def masked_attention(
     q: Tensor,
     k: Tensor,
@@ -155,6 +175,18 @@ def _disable_flex(exc: Exception) -> None:
 
 @torch.compiler.disable  # host-side bookkeeping; called once per pass, before the layer loop
 def _block_mask(q_pos: Tensor, tq: int, tk: int, device: torch.device, mask_key):
+    return _build_block_mask(q_pos, tq, tk, device, mask_key)
+
+
+@torch.compiler.disable  # host-side bookkeeping; once per step for all its buffer passes
+def _block_mask_list(q_positions: list[Tensor], tk: int, device: torch.device, mask_keys):
+    return [
+        _build_block_mask(p, p.numel(), tk, device, key)
+        for p, key in zip(q_positions, mask_keys, strict=True)
+    ]
+
+
+def _build_block_mask(q_pos: Tensor, tq: int, tk: int, device: torch.device, mask_key):
     from torch.nn.attention.flex_attention import create_block_mask
 
     if mask_key is None:

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lrt.attention import attention_mask
+from lrt.attention import attention_masks
 from lrt.config import StrategyConfig
 from lrt.model import KV, LRT
 from lrt.recurrence import shift_right
@@ -118,6 +118,12 @@ def run_interleaved(
     model: LRT, idx: Tensor, subsets: int, detach: bool = False, refresh: bool = False
 ) -> Run:
     b, t = idx.shape
+    subset_pos = [torch.arange(s, t, subsets, device=idx.device) for s in range(min(subsets, t))]
+    # every subset pass's mask, built here at once: outside the (compilable) passes, shared by
+    # all layers of a pass, and one graph break per step when the whole step is compiled
+    masks = attention_masks(
+        subset_pos, t, idx.device, [("stride", s, subsets, t) for s in range(len(subset_pos))]
+    )
     init = model(idx, _zeros_memory(model, idx), capture=refresh)
     passes = [[Piece(None, init.hidden)]]
     source, buffer = init.source, init.kv
@@ -125,16 +131,11 @@ def run_interleaved(
     if refresh and detach:
         pre = [(k.detach(), v.detach(), None if g is None else g.detach()) for k, v, g in pre]
     visited = torch.zeros(t, dtype=torch.bool, device=idx.device)
-    for s in range(subsets):
-        pos = torch.arange(s, t, subsets, device=idx.device)
-        if pos.numel() == 0:
-            continue
+    for pos, mask in zip(subset_pos, masks, strict=True):
         read_src, read_buf = (source.detach(), _detached(buffer)) if detach else (source, buffer)
         if refresh:
             read_buf = refresh_kv(model, read_buf, pre, read_src, ~visited)
         memory = shift_right(read_src)[:, pos]  # (B, T/S, C): source at t-1
-        # the mask is built here, outside the (compilable) pass, and shared by all its layers
-        mask = attention_mask(pos, pos.numel(), t, idx.device, ("stride", s, subsets, t))
         out = model(idx[:, pos], memory, positions=pos, buffer=read_buf, attn_mask=mask)
         buffer = out.kv
         source = source.index_copy(1, pos, out.source)
@@ -161,11 +162,12 @@ def run_chunked(model: LRT, idx: Tensor, chunk: int, detach: bool = False) -> Ru
     pad = t - c0
     buffer = [(F.pad(k, (0, 0, 0, pad)), F.pad(v, (0, 0, 0, pad))) for k, v in first.kv]
     source = F.pad(first.source, (0, 0, 0, pad))  # (B, T, C); rows >= c0 unwritten yet
-    for start in range(c0, t, chunk):
-        pos = torch.arange(start, min(start + chunk, t), device=idx.device)
+    starts = list(range(c0, t, chunk))
+    chunk_pos = [torch.arange(a, min(a + chunk, t), device=idx.device) for a in starts]
+    masks = attention_masks(chunk_pos, t, idx.device, [("range", a, chunk, t) for a in starts])
+    for start, pos, mask in zip(starts, chunk_pos, masks, strict=True):
         read_src, read_buf = (source.detach(), _detached(buffer)) if detach else (source, buffer)
         memory = F.pad(read_src[:, start - 1 : start], (0, 0, 0, pos.numel() - 1))  # (B, Tc, C)
-        mask = attention_mask(pos, pos.numel(), t, idx.device, ("range", start, chunk, t))
         out = model(idx[:, pos], memory, positions=pos, buffer=read_buf, attn_mask=mask)
         buffer = out.kv
         source = source.index_copy(1, pos, out.source)

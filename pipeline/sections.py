@@ -248,8 +248,11 @@ class TrainSettings(_Section):
     """Fraction of final steps with linear LR decay."""
     final_lr_frac: float = Field(0.0, ge=0, le=1)
     """LR at the end of warm-down, as a fraction of the peak."""
-    loader_mode: Literal["bestfit", "contiguous"] = "bestfit"
-    """Batch windows: BOS-aligned best-fit packing or contiguous windows."""
+    loader_mode: Literal["bestfit", "contiguous"] = "contiguous"
+    """Batch windows: contiguous windows (every token is trained on), or BOS-aligned best-fit
+    packing (nanochat; every row starts at a document start, but documents longer than seq_len
+    are cropped, so on corpora of long files such as books or source files it sees only their
+    beginnings and overfits them)."""
     log_every: int = Field(10, ge=1)
     """Steps between training-log rows (train_log.csv, MLflow)."""
     eval_every: int = Field(50, ge=0)
@@ -308,8 +311,9 @@ class EvalSettings(_Section):
     ]
     """BPB modes: init (zero memory), merged, refine (training strategy's last pass) and
     sequential (exact token-by-token decoding, as deployed)."""
-    sequential_max_tokens: int = Field(8192, ge=1)
-    """Cap on tokens scored in sequential mode (token-by-token is slow on CPU)."""
+    sequential_max_tokens: int | None = Field(None, ge=1)
+    """Cap on tokens scored in sequential mode (token-by-token is slow on CPU); None = the same
+    tokens as every other mode (bpb_max_tokens), so all modes are comparable."""
     bucket_size: int = Field(32, ge=1)
     """Positions per bucket in the per-position BPB table."""
     core_dir: str = "../shared/data/core"

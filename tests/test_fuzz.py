@@ -151,7 +151,7 @@ def test_structured_garbage_tokenizer(
 @FUZZ
 @given(pos=st.integers(min_value=0), value=st.integers(0, 255), cut=st.booleans())
 def test_mutated_tokenizer(
-    work: Path, valid_tok_file: bytes, pos: int, value: int, cut: bool
+    work: Path, tok: Tokenizer, valid_tok_file: bytes, pos: int, value: int, cut: bool
 ) -> None:
     path = work / "mutated.bpe"
     path.write_bytes(_mutate(valid_tok_file, pos, value, cut))
@@ -160,10 +160,12 @@ def test_mutated_tokenizer(
     except TokenizerFormatError as e:
         assert "mutated.bpe" in str(e)
         return
-    # Some mutations (a base64 digit of one token) still parse: a different tokenizer, with
-    # a different hash (so shards written by the original are refused), that still works.
+    # Some mutations (a base64 digit of one token or of the pattern) still parse: a different,
+    # working tokenizer. Its round trip is exact unless the pattern changed (a custom pattern
+    # drops the text it does not match, as in tiktoken; docs/TOKENIZER.md).
     text = "hello ñandú 123"
-    assert other.decode(other.encode(text)) == text
+    back = other.decode(other.encode(text))
+    assert back == text or other.pattern != tok.pattern
 
 
 @FUZZ

@@ -143,7 +143,9 @@ def evaluate_model(
         seq_len=seq_len,
         bucket_size=ev.bucket_size,
         max_tokens=ev.bpb_max_tokens,
-        mode_max_tokens={"sequential": ev.sequential_max_tokens},
+        mode_max_tokens=(
+            {"sequential": ev.sequential_max_tokens} if ev.sequential_max_tokens else None
+        ),
         bos_id=tokenizer.bos_id,
         device=device,
         progress=progress,
