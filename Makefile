@@ -29,7 +29,7 @@ demo: setup
 
 lint: setup
 	ruff check .
-	ruff format --check .
+	ruff format --check lrt pipeline stages tests scripts
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 

@@ -123,9 +123,8 @@ class CausalSelfAttention(nn.Module):
         if ctx.cache is not None:
             k_all, v_all = ctx.cache.update(self.layer_idx, k, v)
         elif kv_in is not None:
-            kb, vb = kv_in
-            k_all = kb.index_copy(2, ctx.positions, k.to(kb.dtype))
-            v_all = vb.index_copy(2, ctx.positions, v.to(vb.dtype))
+            k_all = _write_rows(kv_in[0], ctx.positions, k)
+            v_all = _write_rows(kv_in[1], ctx.positions, v)
         else:
             k_all, v_all = k, v
         if ctx.q_pos is None:
@@ -135,6 +134,15 @@ class CausalSelfAttention(nn.Module):
         y = self.c_proj(y.transpose(1, 2).reshape(b, t, -1))
         gate = fb[0] if fb is not None else None
         return y, (k_all, v_all), (k_local, v_local, gate)
+
+
+def _write_rows(buf: Tensor, positions: Tensor, rows: Tensor) -> Tensor:
+    """A copy of buf (B, H, T, D) with rows (B, H, Tp, D) written at `positions` (one
+    index_copy). The copy is laid out (B, T, H, D) in memory like the plain pass's K/V (which
+    are transposed views), so every buffer a pass sees has the same strides and a compiled
+    pass does not recompile between the first subset pass and the later ones."""
+    out = buf.transpose(1, 2).index_copy(1, positions, rows.transpose(1, 2).to(buf.dtype))
+    return out.transpose(1, 2)
 
 
 class MLP(nn.Module):

@@ -81,6 +81,12 @@ def _detached(buffer: list[KV]) -> list[KV]:
     return [(k.detach(), v.detach()) for k, v in buffer]
 
 
+def _pad_rows(kv: Tensor, pad: int) -> Tensor:
+    """(B, H, T, D) -> (B, H, T + pad, D), zero rows appended, laid out (B, T, H, D) in memory
+    like every other K/V buffer (see `lrt.model._write_rows`)."""
+    return F.pad(kv.transpose(1, 2), (0, 0, 0, 0, 0, pad)).transpose(1, 2)
+
+
 def run_none(model: LRT, idx: Tensor) -> Run:
     out = model(idx, _zeros_memory(model, idx))
     return Run([[Piece(None, out.hidden)]], out.source, out.kv)
@@ -160,7 +166,7 @@ def run_chunked(model: LRT, idx: Tensor, chunk: int, detach: bool = False) -> Ru
     first = model(idx[:, :c0], _zeros_memory(model, idx[:, :c0]))
     pieces = [Piece(None if c0 == t else torch.arange(c0, device=idx.device), first.hidden)]
     pad = t - c0
-    buffer = [(F.pad(k, (0, 0, 0, pad)), F.pad(v, (0, 0, 0, pad))) for k, v in first.kv]
+    buffer = [(_pad_rows(k, pad), _pad_rows(v, pad)) for k, v in first.kv]
     source = F.pad(first.source, (0, 0, 0, pad))  # (B, T, C); rows >= c0 unwritten yet
     starts = list(range(c0, t, chunk))
     chunk_pos = [torch.arange(a, min(a + chunk, t), device=idx.device) for a in starts]

@@ -329,7 +329,8 @@ data, out, marker = map(Path, sys.argv[1:4])
 def on_step(step, row):
     if step == 3:
         marker.write_text("3")
-        time.sleep(30)   # killed here, or in step 4 / its checkpoint write
+        time.sleep(30)   # SIGKILLed here, mid-run (kill -9 inside a checkpoint write:
+                         # tests/test_checkpoint.py::test_kill_9_during_writes_never_corrupts_latest)
 train(LRTConfig(**{cfg}), StrategyConfig(name="interleaved"), TrainSettings(**{settings}),
       data, out, progress=False, on_step=on_step)
 """
