@@ -141,7 +141,13 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _check_variants(self) -> Settings:
         for name in self.train.variants:
-            model, _ = variant_settings(self, name)
+            model, strategy = variant_settings(self, name)
+            if strategy.name == "interleaved" and strategy.subsets > model.seq_len:
+                raise ValueError(
+                    f"variant {name!r}: strategy.subsets={strategy.subsets} is larger than "
+                    f"model.seq_len={model.seq_len}; use at most seq_len subsets (S = seq_len is "
+                    "already exact sequential training)"
+                )
             micro = self.train.device_batch_size * model.seq_len
             if self.train.total_batch_tokens % micro:
                 raise ValueError(

@@ -194,23 +194,53 @@ class Tracker:
             from mlflow import MlflowClient
 
             mlflow.set_tracking_uri(self.settings.uri)
-            self._client = MlflowClient(tracking_uri=self.settings.uri)
+            with self._store_lock():
+                client = MlflowClient(tracking_uri=self.settings.uri)
+                # The first call creates and migrates a sqlite store; two processes doing that
+                # at once race in MLflow's migration ("duplicate column name"), so do it here,
+                # under the lock, rather than on the first log call.
+                client.search_experiments(max_results=1)
+            self._client = client
         return self._client
+
+    @contextlib.contextmanager
+    def _store_lock(self) -> Iterator[None]:
+        """Exclusive lock beside a sqlite store (`mlruns.db.lock`) while it is created or its
+        experiment is looked up/created; a no-op for other stores and where fcntl is absent."""
+        uri = self.settings.uri
+        if not uri.startswith("sqlite:///"):
+            yield
+            return
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            yield
+            return
+        db = Path(uri.removeprefix("sqlite:///"))
+        db.parent.mkdir(parents=True, exist_ok=True)
+        with open(f"{db}.lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     @property
     def experiment_id(self) -> str:
         """Id of the configured experiment, created with the configured artifact root if new."""
         if self._experiment_id is None:
-            experiment = self.client.get_experiment_by_name(self.settings.experiment)
-            if experiment is not None:
-                self._experiment_id = experiment.experiment_id
-            else:
-                location = Path(self.settings.artifact_location)
-                if not location.is_absolute():
-                    location = self.project_dir / location
-                self._experiment_id = self.client.create_experiment(
-                    self.settings.experiment, artifact_location=location.resolve().as_uri()
-                )
+            client = self.client
+            with self._store_lock():  # two new processes must not both create the experiment
+                experiment = client.get_experiment_by_name(self.settings.experiment)
+                if experiment is not None:
+                    self._experiment_id = experiment.experiment_id
+                else:
+                    location = Path(self.settings.artifact_location)
+                    if not location.is_absolute():
+                        location = self.project_dir / location
+                    self._experiment_id = client.create_experiment(
+                        self.settings.experiment, artifact_location=location.resolve().as_uri()
+                    )
         return self._experiment_id
 
     # -- parent ------------------------------------------------------------------------------

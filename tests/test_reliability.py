@@ -166,11 +166,6 @@ def test_invalid_values_are_rejected_with_the_key(tmp_path: Path):
         )
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="settings do not yet check strategy.subsets <= model.seq_len (pipeline/settings.py "
-    "Settings._check_variants); pipeline.training.train refuses it at run time",
-)
 def test_settings_refuse_more_subsets_than_positions():
     with pytest.raises(SettingsError, match="subsets"):
         load_settings(None, ["model.seq_len=16", "train.device_batch_size=16",
@@ -502,10 +497,7 @@ print(mlflow.last_active_run().info.run_id)
     "fresh",
     [
         False,
-        pytest.param(True, marks=pytest.mark.xfail(strict=False, reason=(
-            "two processes creating a fresh sqlite store race in MLflow's schema migration "
-            "(sqlite3.OperationalError: duplicate column name: step); pipeline/tracking.py "
-            "should create the store under a file lock before the first client call"))),
+        True,  # MLflow's schema migration races unless Tracker creates the store under a lock
     ],
     ids=["existing-store", "fresh-store"],
 )  # fmt: skip
