@@ -21,7 +21,10 @@ def main(paths: list[str]) -> int:
         if not any(n.startswith("pipeline/_rust") and n.endswith(".so") for n in names):
             missing.append("pipeline/_rust*.so (the extension)")
         if missing:
-            print(f"{path}: missing {missing}; add them to [tool.maturin] in pyproject.toml", file=sys.stderr)
+            print(
+                f"{path}: missing {missing}; add them to [tool.maturin] in pyproject.toml",
+                file=sys.stderr,
+            )
             return 1
         print(f"{path}: ok ({len(names)} files; lrt, pipeline, stages and the extension present)")
     return 0

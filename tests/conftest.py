@@ -16,7 +16,9 @@ def shared_path(*parts: str) -> Path:
     """Path under ../shared/data, or skip the test with a clear message when it is absent."""
     path = SHARED_DATA.joinpath(*parts)
     if not path.exists():
-        pytest.skip(f"shared data {path} is absent (set LRT_SHARED_DATA to its folder to run this test)")
+        pytest.skip(
+            f"shared data {path} is absent (set LRT_SHARED_DATA to its folder to run this test)"
+        )
     return path
 
 
