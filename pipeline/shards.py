@@ -260,7 +260,7 @@ def _batches(documents: Iterable[str]) -> Iterator[list[str]]:
 
 
 def _pack(
-    documents: Iterable[str],
+    groups: Iterable[tuple[str | None, Iterable[str]]],
     tokenizer: TokenizerLike,
     out_dir: str | Path,
     *,
@@ -293,16 +293,22 @@ def _pack(
     )
     fast = _rust_tokenizer(tokenizer)
     try:
-        for batch in _batches(documents):
-            if fast is not None:
-                packer.add_texts(batch, fast)  # Rust encodes on all cores, GIL released
-                continue
-            encoded = tokenizer.encode_batch(batch)
-            lengths = np.fromiter(map(len, encoded), dtype=np.uint64, count=len(encoded))
-            flat = np.fromiter(
-                itertools.chain.from_iterable(encoded), dtype=np.uint32, count=int(lengths.sum())
-            )
-            packer.add_encoded(flat, lengths)
+        # A group's split: "train" / "val" forces it (a source's own validation files), None
+        # leaves it to the seeded val_fraction draw.
+        for split, documents in groups:
+            packer.set_split(split)
+            for batch in _batches(documents):
+                if fast is not None:
+                    packer.add_texts(batch, fast)  # Rust encodes on all cores, GIL released
+                    continue
+                encoded = tokenizer.encode_batch(batch)
+                lengths = np.fromiter(map(len, encoded), dtype=np.uint64, count=len(encoded))
+                flat = np.fromiter(
+                    itertools.chain.from_iterable(encoded),
+                    dtype=np.uint32,
+                    count=int(lengths.sum()),
+                )
+                packer.add_encoded(flat, lengths)
         text = packer.finish(json.dumps(source))
     except BaseException:
         packer.abort()  # removes every temp shard written so far
@@ -337,7 +343,7 @@ def pack(
         9
     """
     return _pack(
-        documents,
+        [(None, documents)],
         tokenizer,
         out_dir,
         shard_tokens=shard_tokens,
@@ -465,9 +471,13 @@ def pack_files(
     val_fraction: float = 0.01,
     seed: int = 0,
     chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+    val_paths: Sequence[str | Path] = (),
 ) -> Manifest:
     """`pack` over files: .txt (one document per file), .jsonl and .jsonl.zst (field "text"
     per line), .parquet (column "text", read with polars).
+
+    Every document of a file in `val_paths` goes to the val split (a source's own validation
+    files, e.g. fineweb-edu's last shard); the other files are split by `val_fraction`.
 
     Invalid UTF-8 never fails a pack: it is decoded with replacement characters, and the
     number of affected files and replaced bytes is recorded in `manifest.source`.
@@ -479,20 +489,25 @@ def pack_files(
     """
     stats = _Utf8Stats()
 
-    def documents() -> Iterator[str]:
-        for p in paths:
-            for doc in _file_docs(Path(p), stats):
-                stats.documents += 1
-                yield doc
+    val = {Path(p).resolve() for p in val_paths}
+    unknown = val - {Path(p).resolve() for p in paths}
+    if unknown:
+        raise ValueError(f"val_paths {sorted(map(str, unknown))} are not among the input paths")
+
+    def file_docs(path: Path) -> Iterator[str]:
+        for doc in _file_docs(path, stats):
+            stats.documents += 1
+            yield doc
 
     source: dict[str, Any] = {}  # filled in once the last document has been read
 
-    def docs_then_stats() -> Iterator[str]:
-        yield from documents()
+    def groups() -> Iterator[tuple[str | None, Iterable[str]]]:
+        for p in paths:
+            yield ("val" if Path(p).resolve() in val else None), file_docs(Path(p))
         source.update(stats.as_dict())
 
     return _pack(
-        docs_then_stats(),
+        groups(),
         tokenizer,
         out_dir,
         shard_tokens=shard_tokens,

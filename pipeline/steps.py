@@ -239,7 +239,8 @@ def _tokenize(settings: Settings) -> dict[str, Any]:
     sample_bytes = sum(len(d.encode("utf-8")) for d in sample)
     sample_tokens = sum(len(ids) for ids in tokenizer.encode_batch(sample)) if sample else 0
 
-    # fineweb-edu's validation shard goes last; pack_files splits by val_fraction.
+    # A source's own validation files (fineweb-edu's last shard) go to val whole; the rest are
+    # split by val_fraction.
     start = time.perf_counter()
     manifest = pack_files(
         sources.raw_files(raw_dir),
@@ -249,6 +250,7 @@ def _tokenize(settings: Settings) -> dict[str, Any]:
         compression=tok.compression,
         val_fraction=tok.val_fraction,
         seed=tok.seed,
+        val_paths=sources.raw_files(raw_dir, "val"),
     )
     pack_s = time.perf_counter() - start
     stats = {

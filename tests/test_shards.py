@@ -265,6 +265,30 @@ def test_pack_files_every_format_and_invalid_utf8(tmp_path):
     assert on_disk["source"]["invalid_utf8_bytes_replaced"] == 3
 
 
+def test_pack_files_val_paths_go_to_val_whole(tmp_path):
+    """A source's own validation file (fineweb-edu's last shard) lands in val, every document
+    of it, while the other files keep the seeded val_fraction draw they had without it."""
+    import polars as pl
+
+    train_docs = [f"training document {i}" for i in range(60)]
+    val_docs = [f"held-out document {i}" for i in range(7)]
+    pl.DataFrame({"text": train_docs}).write_parquet(tmp_path / "shard_00000.parquet")
+    pl.DataFrame({"text": val_docs}).write_parquet(tmp_path / "shard_00001.parquet")
+    paths = [tmp_path / "shard_00000.parquet", tmp_path / "shard_00001.parquet"]
+    tok = ByteTokenizer()
+
+    only_train = pack_files(paths[:1], tok, tmp_path / "a", val_fraction=0.2, seed=3)
+    both = pack_files(paths, tok, tmp_path / "b", val_fraction=0.2, seed=3, val_paths=paths[1:])
+    assert 0 < only_train.split_documents("val") < 60  # the draw is in use
+    assert both.split_documents("train") == only_train.split_documents("train")
+    assert both.split_documents("val") == only_train.split_documents("val") + 7
+    val_tokens, _ = all_tokens(both, "val")
+    tail = expected_stream(tok, val_docs)
+    np.testing.assert_array_equal(val_tokens[-len(tail) :], tail)
+    with pytest.raises(ValueError, match="not among the input paths"):
+        pack_files(paths[:1], tok, tmp_path / "c", val_paths=paths[1:])
+
+
 def test_pack_files_bad_inputs(tmp_path):
     tok = ByteTokenizer()
     (tmp_path / "x.csv").write_text("a,b")

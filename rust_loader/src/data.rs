@@ -167,6 +167,18 @@ impl PyPacker {
         .map_err(to_py)
     }
 
+    /// Sends the documents added from now on to `"train"` or `"val"`, or with `None` back to
+    /// the seeded `val_fraction` draw.
+    #[pyo3(signature = (split=None))]
+    fn set_split(&mut self, split: Option<&str>) -> PyResult<()> {
+        let split = split
+            .map(lrt_data::pack::Split::parse)
+            .transpose()
+            .map_err(to_py)?;
+        self.get()?.set_split(split);
+        Ok(())
+    }
+
     /// Encodes `texts` with the Rust tokenizer on all cores (GIL released) and appends them.
     fn add_texts(
         &mut self,

@@ -17,4 +17,4 @@ pub mod rng;
 pub use error::{DataError, Result};
 pub use format::{Compression, Shard, ShardHeader, ShardMeta, TokenDtype};
 pub use loader::{Dataset, Expect, LoaderConfig, LoaderState, Mode, Prefetcher, Sampler, SlotPtr};
-pub use pack::{PackConfig, Packer};
+pub use pack::{PackConfig, Packer, Split};

@@ -91,6 +91,26 @@ struct ShardRecord {
     sha256: String,
 }
 
+/// The two outputs of a pack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Split {
+    Train = 0,
+    Val = 1,
+}
+
+impl Split {
+    /// `"train"` or `"val"`.
+    pub fn parse(name: &str) -> Result<Self> {
+        match name {
+            "train" => Ok(Split::Train),
+            "val" => Ok(Split::Val),
+            other => Err(DataError::Invalid(format!(
+                "split {other:?} is not one of \"train\", \"val\""
+            ))),
+        }
+    }
+}
+
 #[derive(Default)]
 struct SplitWriter {
     cur: Vec<u32>,
@@ -109,6 +129,9 @@ pub struct Packer {
     empty_docs: u64,
     temps: Vec<PathBuf>,
     finished: bool,
+    /// `Some(0 | 1)`: documents go to train / val regardless of `val_fraction` (a source with
+    /// its own validation files); `None`: the seeded per-document draw.
+    forced_split: Option<usize>,
 }
 
 impl Packer {
@@ -131,7 +154,15 @@ impl Packer {
             empty_docs: 0,
             temps: Vec::new(),
             finished: false,
+            forced_split: None,
         })
+    }
+
+    /// Sends the documents added from now on to `Some(Split::Train | Split::Val)`, or back to
+    /// the seeded `val_fraction` draw with `None`. Document numbering is unaffected, so the
+    /// draw for the remaining documents is the same as without the forced ones.
+    pub fn set_split(&mut self, split: Option<Split>) {
+        self.forced_split = split.map(|s| s as usize);
     }
 
     /// Encodes `docs` in parallel on the rayon pool (all cores) and appends them in order.
@@ -183,7 +214,9 @@ impl Packer {
                     self.cfg.vocab_size
                 )));
             }
-            let s = usize::from(rng::unit(self.cfg.seed, index) < self.cfg.val_fraction);
+            let s = self.forced_split.unwrap_or_else(|| {
+                usize::from(rng::unit(self.cfg.seed, index) < self.cfg.val_fraction)
+            });
             let w = &mut self.splits[s];
             w.starts.push(w.cur.len() as u64);
             w.cur.push(self.cfg.bos_id);

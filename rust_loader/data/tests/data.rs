@@ -136,6 +136,35 @@ fn pack_splits_documents_and_indexes_true_starts() {
 }
 
 #[test]
+fn forced_split_overrides_the_draw_and_keeps_the_rest_unchanged() {
+    let docs: Vec<String> = (0..40).map(|i| format!("document number {i}")).collect();
+    let split_docs = |n: usize, force_from: Option<usize>| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = PackConfig::new(257, BOS, [1; 32]);
+        cfg.val_fraction = 0.3;
+        let mut p = Packer::new(dir.path(), cfg).unwrap();
+        let cut = force_from.unwrap_or(n);
+        p.add_documents(&docs[..cut], &byte_encoder).unwrap();
+        p.set_split(Some(Split::Val));
+        p.add_documents(&docs[cut..n], &byte_encoder).unwrap();
+        let m = p.finish(serde_json::json!({})).unwrap();
+        let t = &m["totals"];
+        (
+            t["train"]["documents"].as_u64().unwrap(),
+            t["val"]["documents"].as_u64().unwrap(),
+        )
+    };
+    let (train_30, val_30) = split_docs(30, None);
+    assert!(
+        val_30 > 0 && train_30 > 0,
+        "the draw puts some of 30 documents in each split"
+    );
+    // Forcing the last 10 into val leaves the draw of the first 30 exactly as it was.
+    assert_eq!(split_docs(40, Some(30)), (train_30, val_30 + 10));
+    assert!(Split::parse("test").is_err());
+}
+
+#[test]
 fn pack_error_leaves_no_temps_and_empty_corpus_errors() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = PackConfig::new(257, BOS, [1; 32]);
