@@ -407,13 +407,16 @@ def read_sweep(path: Path | None) -> list[dict[str, Any]] | None:
     return data if isinstance(data, list) and data else None
 
 
-def plot_sweep(records: Sequence[Mapping[str, Any]]) -> bytes | None:
-    """Val BPB vs effective compute, one series per `group`/`variant`/`pathway`, log x."""
+def plot_sweep(
+    records: Sequence[Mapping[str, Any]], metric: str = "val_bpb", label: str = "val BPB"
+) -> bytes | None:
+    """`metric` (val BPB, or CORE) vs effective compute, one series per `group`/`variant`/
+    `pathway`, log x, like the paper's scaling figures."""
     plt = _plt()
     series: dict[str, list[tuple[float, float]]] = {}
     for rec in records:
         x = _num(rec.get("effective_flops", rec.get("flops", rec.get("compute"))))
-        y = _num(rec.get("val_bpb", rec.get("bpb")))
+        y = _num(rec.get(metric, rec.get("bpb") if metric == "val_bpb" else None))
         if x is None or y is None or x <= 0:
             continue
         key = str(rec.get("group") or rec.get("variant") or rec.get("pathway") or "runs")
@@ -425,7 +428,9 @@ def plot_sweep(records: Sequence[Mapping[str, Any]]) -> bytes | None:
         pts.sort()
         ax.plot(*zip(*pts, strict=True), "-o", ms=4, color=PALETTE[i % len(PALETTE)], label=name)
     ax.set_xscale("log")
-    ax.set(xlabel="effective training compute (FLOPs)", ylabel="val BPB", title="Compute sweep")
+    ax.set(
+        xlabel="effective training compute (FLOPs)", ylabel=label, title=f"Compute sweep: {label}"
+    )
     ax.legend()
     return _png(fig)
 
@@ -684,6 +689,9 @@ def build_sections(
         sw = Section("Compute sweep")
         png = plot_sweep(sweep)
         sw.images = [("sweep_compute", png)]
+        core_png = plot_sweep(sweep, "core", "CORE (centred)")
+        if core_png is not None:
+            sw.images.append(("sweep_core_compute", core_png))
         if png is None:
             sw.text = f"Sweep plot: {NA} (records lack effective_flops / val_bpb)."
         secs.append(sw)

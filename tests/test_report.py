@@ -110,9 +110,9 @@ def project(tmp_path: Path) -> Path:
     (tmp_path / "sweep.json").write_text(
         json.dumps(
             [
-                {"group": "baseline", "effective_flops": 1e15, "val_bpb": 1.3},
-                {"group": "baseline", "effective_flops": 4e15, "val_bpb": 1.2},
-                {"group": "lrt", "effective_flops": 2e15, "val_bpb": 1.22},
+                {"group": "baseline", "effective_flops": 1e15, "val_bpb": 1.3, "core": 0.01},
+                {"group": "baseline", "effective_flops": 4e15, "val_bpb": 1.2, "core": 0.03},
+                {"group": "lrt", "effective_flops": 2e15, "val_bpb": 1.22, "core": 0.02},
             ]
         )
     )
@@ -130,8 +130,8 @@ def test_report_full(project: Path) -> None:
     page = out.read_text()
     md = (project / "reports" / "report.md").read_text()
     imgs = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", page)
-    # loss x2, val x2, buckets, sweep
-    assert len(imgs) == 6
+    # loss x2, val x2, buckets, sweep BPB and CORE vs compute
+    assert len(imgs) == 7
     assert all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in imgs)
     assert "src='http" not in page and "<script" not in page  # self-contained
     for name in (
@@ -140,6 +140,7 @@ def test_report_full(project: Path) -> None:
         "val_bpb_vs_tokens",
         "bpb_buckets",
         "sweep_compute",
+        "sweep_core_compute",
     ):
         assert (project / "reports/figures" / f"{name}.png").is_file()
         assert f"figures/{name}.png" in md
