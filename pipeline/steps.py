@@ -139,6 +139,7 @@ def tokenize(settings: Settings) -> dict[str, Any]:
         out = Path(settings.tokenizer.out_dir)
         tracking.log_artifact(out / STATS_FILE)
         tracking.log_artifact(out / "manifest.json")
+        tracking.log_artifact(out / TOKENIZER_FILE)
     return stats
 
 

@@ -894,7 +894,8 @@ def train(
     if track:
         finals = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
         _track(tracker, "log_metrics", {f"final/{k}": v for k, v in finals.items()}, step=run.step)
-        for name in ("train_log.csv", "val_log.csv", "train_metrics.json"):
+        # model.pt is a weights_only-loadable state dict (pipeline.checkpoint.load_model).
+        for name in ("train_log.csv", "val_log.csv", "train_metrics.json", "model.pt"):
             if (out_dir / name).is_file():
                 _track(tracker, "log_artifact", out_dir / name)
     return metrics

@@ -197,6 +197,12 @@ def test_dvc_repro_end_to_end(project: Path, env: dict[str, str]) -> None:
         k.endswith("loss") for k in children["train/lrt"].data.metrics
     )
 
+    def artifacts(name: str) -> set[str]:
+        return {a.path for a in client.list_artifacts(children[name].info.run_id)}
+
+    assert {"model.pt", "train_log.csv"} <= artifacts("train/lrt")
+    assert "tokenizer.bpe" in artifacts("tokenize")
+
     # Nothing changed: nothing reruns.
     again = _dvc(project, "repro", env=env)
     assert "Data and pipelines are up to date" in again.stdout + again.stderr, again.stdout
