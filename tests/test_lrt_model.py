@@ -10,34 +10,13 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from lrt_helpers import T, V, make_model, tokens
 
 from lrt import LRT, LRTConfig, StrategyConfig
 from lrt.attention import causal_attention, masked_attention, set_attention_backend
 from lrt.decode import generate, new_state, prefill, sequential_forward
 
 torch.set_num_threads(1)
-
-V, T = 97, 16
-
-
-def make_model(pathway: str = "layerwise", seed: int = 0, **kw) -> LRT:
-    """Tiny model with every weight random and non-zero (gates, gamma, memory K/V included)."""
-    torch.manual_seed(seed)
-    kw = {"depth": 3, "n_embd": 64, "n_head": 2, **kw}
-    model = LRT(LRTConfig(vocab_size=V, seq_len=T, pathway=pathway, **kw))
-    model.init_weights()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() == 2 and name != "wte.weight":
-                p.uniform_(-0.3, 0.3)
-            elif p.dim() == 1:
-                p.uniform_(0.2, 0.8)
-    return model
-
-
-def tokens(b: int = 2, t: int = T, seed: int = 1) -> torch.Tensor:
-    return torch.randint(0, V, (b, t), generator=torch.Generator().manual_seed(seed))
-
 
 # ---------------------------------------------------------------------------------------------
 # Config
