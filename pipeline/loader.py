@@ -30,7 +30,7 @@ import torch
 from pipeline import _rust
 from pipeline.shards import Manifest, read_manifest
 
-__all__ = ["DataLoader"]
+__all__ = ["DataLoader", "validation_loader"]
 
 STATE_VERSION = 1
 # Documents in the best-fit buffer (nanochat uses 1000): larger fits rows better, costs a scan.
@@ -229,3 +229,31 @@ class DataLoader:
             "buffer": [int(x) for x in state["buffer"]],
             "batches": int(state["batches"]),
         }
+
+
+def validation_loader(
+    data_dir: str | Path,
+    batch_size: int,
+    seq_len: int,
+    *,
+    tokenizer_hash: str | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+) -> DataLoader:
+    """Every window of the val split once, in order: contiguous, unshuffled, one epoch.
+
+    Training's periodic validation and the eval stage both read val through this, so they
+    score the same windows.
+    """
+    return DataLoader(
+        data_dir,
+        "val",
+        batch_size,
+        seq_len,
+        mode="contiguous",
+        shuffle=False,
+        epochs=1,
+        rank=rank,
+        world_size=world_size,
+        tokenizer_hash=tokenizer_hash,
+    )

@@ -266,7 +266,7 @@ def evaluate_bpb(
     Returns:
         {"val_loss": ..., "val_bpb": ...} for mode "init", plus `val_bpb_<mode>` for others.
     """
-    from pipeline.loader import DataLoader
+    from pipeline.loader import validation_loader
 
     tb = (
         None
@@ -274,17 +274,13 @@ def evaluate_bpb(
         else torch.as_tensor(np.asarray(token_bytes), dtype=torch.float64)
     )
     tb = tb.to(device) if tb is not None else None
-    loader = DataLoader(
+    loader = validation_loader(
         data_dir,
-        "val",
         batch_size,
         seq_len,
-        mode="contiguous",
-        shuffle=False,
-        epochs=1,
+        tokenizer_hash=tokenizer_hash,
         rank=info.rank,
         world_size=info.world_size,
-        tokenizer_hash=tokenizer_hash,
     )
     n_batches = max(1, math.ceil(eval_tokens / (batch_size * seq_len * info.world_size)))
     # (nats, bytes, tokens) per mode

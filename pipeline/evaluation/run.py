@@ -117,19 +117,12 @@ def evaluate_model(
     # -- BPB ------------------------------------------------------------------------------------
     t0 = time.perf_counter()
     if val_batches is None:
-        from pipeline.loader import DataLoader
+        from pipeline.loader import validation_loader
 
         if data_dir is None:
             raise ValueError("evaluate_model needs data_dir or val_batches")
-        val_batches = DataLoader(
-            data_dir,
-            "val",
-            batch_size,
-            seq_len,
-            mode="contiguous",
-            shuffle=False,
-            epochs=1,
-            tokenizer_hash=getattr(tokenizer, "hash", None),
+        val_batches = validation_loader(
+            data_dir, batch_size, seq_len, tokenizer_hash=getattr(tokenizer, "hash", None)
         )
     loss_fns = lrt_loss_fns(model, modes, strategy)
     if not cfg.has_pathway and "sequential" in requested:
