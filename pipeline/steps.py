@@ -36,7 +36,6 @@ from pipeline.tracking import Tracker
 log = logging.getLogger(__name__)
 
 STAGES = ("download", "tokenize", "train", "eval", "report")
-TOKENIZER_FILE = "tokenizer.bpe"
 STATS_FILE = "stats.json"
 
 # The settings each stage reads; they are its MLflow params and its `params:` in dvc.yaml.
@@ -139,6 +138,8 @@ def tokenize(settings: Settings) -> dict[str, Any]:
         out = Path(settings.tokenizer.out_dir)
         tracking.log_artifact(out / STATS_FILE)
         tracking.log_artifact(out / "manifest.json")
+        from pipeline.tokenizer import TOKENIZER_FILE  # lazy: the CLI starts without the extension
+
         tracking.log_artifact(out / TOKENIZER_FILE)
     return stats
 
@@ -220,7 +221,7 @@ def _tokenize(settings: Settings) -> dict[str, Any]:
     raw = sources.read_raw_manifest(raw_dir)  # first: "run download" beats an import error
 
     from pipeline.shards import pack_files
-    from pipeline.tokenizer import Tokenizer
+    from pipeline.tokenizer import TOKENIZER_FILE, Tokenizer
 
     out = Path(tok.out_dir)
     # Train the tokenizer on the training documents only (a source's own val split excluded).

@@ -28,7 +28,17 @@ from pipeline import _rust
 if TYPE_CHECKING:
     import tiktoken
 
-__all__ = ["GPT4_SPLIT_PATTERN", "SPECIAL_TOKENS", "Tokenizer", "TokenizerFormatError"]
+__all__ = [
+    "GPT4_SPLIT_PATTERN",
+    "SPECIAL_TOKENS",
+    "TOKENIZER_FILE",
+    "Tokenizer",
+    "TokenizerFormatError",
+    "find_tokenizer",
+]
+
+TOKENIZER_FILE = "tokenizer.bpe"
+"""Name of the tokenizer the tokenize stage saves beside its shards."""
 
 GPT4_SPLIT_PATTERN: str = _rust.GPT4_SPLIT_PATTERN
 """GPT-4 split pattern with numbers in groups of at most two digits (nanochat's)."""
@@ -298,3 +308,16 @@ class Tokenizer:
             f"Tokenizer(vocab_size={self.vocab_size}, specials={len(self.special_tokens)}, "
             f"hash={self.hash[:12]})"
         )
+
+
+def find_tokenizer(data_dir: str | Path) -> Path | None:
+    """The tokenizer saved beside the shards in `data_dir`: `tokenizer.bpe`, else the first
+    other `tokenizer*` file (temp files excluded); None when there is none."""
+    data_dir = Path(data_dir)
+    preferred = data_dir / TOKENIZER_FILE
+    if preferred.is_file():
+        return preferred
+    others = sorted(
+        p for p in data_dir.glob("tokenizer*") if p.is_file() and not p.name.endswith(".tmp")
+    )
+    return others[0] if others else None

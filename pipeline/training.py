@@ -1001,15 +1001,12 @@ def _tokenizer_info(data_dir: Path) -> tuple[int, str | None, np.ndarray | None]
     without it there is no BPB (validation loss only) and the manifest's hash is used.
     """
     from pipeline.shards import read_manifest
+    from pipeline.tokenizer import Tokenizer, find_tokenizer
 
     manifest = read_manifest(data_dir)
-    preferred = data_dir / "tokenizer.bpe"
-    files = [preferred] if preferred.is_file() else sorted(data_dir.glob("tokenizer*"))
-    files = [f for f in files if f.is_file()]
-    if not files:
+    path = find_tokenizer(data_dir)
+    if path is None:
         return int(manifest.vocab_size), manifest.tokenizer_hash, None
-    from pipeline.tokenizer import Tokenizer
-
-    tok = Tokenizer.load(files[0])
+    tok = Tokenizer.load(path)
     vocab = max(int(manifest.vocab_size), int(tok.vocab_size))
     return vocab, tok.hash, np.asarray(tok.token_byte_lengths())

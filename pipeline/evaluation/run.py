@@ -39,14 +39,14 @@ CORE_MODES_LRT = ("init", "sequential")  # zero memory vs recurrent memory
 
 def load_tokenizer(data_dir: str | Path) -> Any:
     """The tokenizer saved next to the shards (`tokenizer*` in `data_dir`)."""
-    from pipeline.tokenizer import Tokenizer
+    from pipeline.tokenizer import Tokenizer, find_tokenizer
 
-    candidates = sorted(p for p in Path(data_dir).glob("tokenizer*") if p.is_file())
-    if not candidates:
+    path = find_tokenizer(data_dir)
+    if path is None:
         raise FileNotFoundError(
             f"no tokenizer file (tokenizer*) in {data_dir}; run `lrt-pipeline tokenize` first"
         )
-    return Tokenizer.load(candidates[0])
+    return Tokenizer.load(path)
 
 
 def _device(setting: str) -> torch.device:
