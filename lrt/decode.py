@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lrt.attention import attention_mask
 from lrt.model import KV, LRT
 
 # ---------------------------------------------------------------------------------------------
@@ -52,6 +53,23 @@ class KVCache:
         kc[:, :, self.pos : self.pos + t] = k
         vc[:, :, self.pos : self.pos + t] = v
         return kc[:, :, : self.pos + t], vc[:, :, : self.pos + t]
+
+    def pass_context(
+        self, cos: Tensor, sin: Tensor, t: int, rope_len: int
+    ) -> tuple[Tensor, Tensor, Tensor | None, object]:
+        """Rotary rows, query positions and mask of a pass that appends t tokens at `pos`.
+
+        One token needs no mask (every cached key is in its past); several tokens attend
+        causally by position pos + row.
+        """
+        p0 = self.pos
+        if p0 + t > rope_len:
+            raise ValueError(f"decoding past the rotary table ({p0 + t} > {rope_len})")
+        q_pos, mask = None, None
+        if t > 1:
+            q_pos = p0 + torch.arange(t, device=cos.device)
+            mask = attention_mask(q_pos, t, p0 + t, cos.device, ("cache", p0, t))
+        return cos[p0 : p0 + t], sin[p0 : p0 + t], q_pos, mask
 
     def advance(self, t: int) -> None:
         self.pos += t
@@ -164,6 +182,7 @@ def generate(
     *,
     approximate_prefill: bool = False,
     prefill_subsets: int = 2,
+    static: bool = False,
 ) -> Tensor:
     """Sample continuations with exact recurrent decoding.
 
@@ -176,6 +195,9 @@ def generate(
         seed: seeds a private generator (same seed, same samples); None uses the global RNG.
         approximate_prefill: fill the cache with interleaved passes instead of token by token
             (warns; see `prefill`).
+        static: decode with `lrt.static_decode.StaticDecoder` (static-shape cache; replayed
+            as a CUDA graph on CUDA). Same tokens as the default eager decoder; exact prefill
+            only.
 
     Returns:
         (B, T0 + max_new_tokens) int64: prompts followed by the sampled tokens.
@@ -194,14 +216,27 @@ def generate(
     was_training = model.training
     model.eval()
     try:
-        state = new_state(model, b, t0 + max_new_tokens)
-        logits = prefill(model, state, prompt, approximate_prefill, prefill_subsets)
+        if static:
+            if approximate_prefill:
+                raise ValueError("static decoding prefills exactly; drop approximate_prefill")
+            from lrt.static_decode import StaticDecoder
+
+            decoder = StaticDecoder(model, b, t0 + max_new_tokens)
+            logits = decoder.prefill(prompt)
+            step_fn = decoder.step
+        else:
+            state = new_state(model, b, t0 + max_new_tokens)
+            logits = prefill(model, state, prompt, approximate_prefill, prefill_subsets)
+
+            def step_fn(tokens: Tensor) -> Tensor:
+                return decode_step(model, state, tokens)
+
         out = [prompt]
         for step in range(max_new_tokens):
             nxt = _sample(logits, temperature, top_k, gen)  # (B,)
             out.append(nxt.unsqueeze(1))
             if step + 1 < max_new_tokens:
-                logits = decode_step(model, state, nxt)
+                logits = step_fn(nxt)
     finally:
         model.train(was_training)
     return torch.cat(out, dim=1)

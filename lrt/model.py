@@ -38,6 +38,7 @@ from lrt.recurrence import LatentPathway
 
 if TYPE_CHECKING:
     from lrt.decode import KVCache
+    from lrt.static_decode import StaticKVCache
     from lrt.strategies import TrainOutput
 
 KV = tuple[Tensor, Tensor]
@@ -78,7 +79,7 @@ class _AttnCtx(NamedTuple):
 
     q_pos: Tensor | None  # (T,) original positions, None for a plain pass / single-token decode
     positions: Tensor | None  # rows of the buffer this pass writes (buffer pass only)
-    cache: KVCache | None
+    cache: KVCache | StaticKVCache | None
     mask: Any  # the pass's position mask (BlockMask or dense bool), built once before the layers
 
 
@@ -225,7 +226,7 @@ class LRT(nn.Module):
         *,
         positions: Tensor | None = None,
         buffer: list[KV] | None = None,
-        cache: KVCache | None = None,
+        cache: KVCache | StaticKVCache | None = None,
         capture: bool = False,
         mask_key: Hashable | None = None,
         attn_mask: Any = None,
@@ -238,7 +239,8 @@ class LRT(nn.Module):
             buffer: per layer (K, V) (B, H, T_full, D) from earlier passes. Not modified: the
                 returned `kv` are new tensors with this pass's rows written in (autograd flows
                 through both the old rows and the new ones).
-            cache: decoding cache; the pass's K/V are appended in place at `cache.pos`.
+            cache: decoding cache; the pass's K/V are appended in place at `cache.pos`
+                (`KVCache`), or written at the device-side position of a `StaticKVCache`.
             capture: also return per-layer (k_local, v_local, gate) for the K/V refresh.
             mask_key: hashable name of the position mask (lets FlexAttention cache it).
             attn_mask: the buffer pass's mask, prebuilt with `lrt.attention.attention_mask(
@@ -247,15 +249,8 @@ class LRT(nn.Module):
         """
         cfg = self.config
         b, t = idx.shape
-        if cache is not None:
-            p0 = cache.pos
-            if p0 + t > cfg.rope_len:
-                raise ValueError(f"decoding past the rotary table ({p0 + t} > {cfg.rope_len})")
-            cos, sin = self.cos[p0 : p0 + t], self.sin[p0 : p0 + t]
-            q_pos, mask = None, None
-            if t > 1:  # several tokens against the cache: causal by position p0 + row
-                q_pos = p0 + torch.arange(t, device=idx.device)
-                mask = attention_mask(q_pos, t, p0 + t, idx.device, ("cache", p0, t))
+        if cache is not None:  # rotary rows and mask come from the cache (dynamic or static)
+            cos, sin, q_pos, mask = cache.pass_context(self.cos, self.sin, t, cfg.rope_len)
             ctx = _AttnCtx(q_pos, None, cache, mask)
         elif buffer is not None:
             if positions is None:

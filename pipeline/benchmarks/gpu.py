@@ -6,18 +6,22 @@ process group) with a timeout, merges what the worker wrote, and rewrites `resul
 every section, so a slow compile or a crash costs one section, never the file. A global
 wall-clock budget is checked before each section; sections that no longer fit are skipped.
 
-Sections, in order of value:
-  env        torch / device / flash-attention check
-  train_eager  d12 (vocab 65536, T 2048): baseline, interleaved S=2, multi_refine K=1, chunked
-             C=64, baseline again; bf16 autocast, eager; step ms, peak memory, MFU
-  train_compiled  the same with `model.compile()` (the library's per-pass compile): baseline,
-             interleaved S=2, multi_refine K=1, then the baseline with the whole loss compiled
-  decode_loader  greedy decoding tok/s (batch 1, 32) baseline vs LRT; loader and host-to-device
-             time per batch
-  quality    depth-6 models on the packed Gutenberg shards (.gpu_data): baseline and LRT
+Sections, in order of value (issue 6's second device run):
+  env        torch / device / flash-attention check, a big bf16 GEMM
+  pytest     the CUDA-marked tests (CUDA-graph decoding, fused optimizer, bf16 passes)
+  decode     greedy decoding tok/s, baseline vs LRT, batch 1 and 32, per decoder: eager
+             (growing KV cache, autocast), graph (static cache replayed as a CUDA graph) and
+             compiled_graph (inductor + CUDA graph); see lrt/static_decode.py
+  train_compiled  d12 (vocab 65536, T 2048), the whole loss compiled (every pass, head and
+             cross-entropy in one `torch.compile`, as training's `compile: true` does):
+             baseline at batch 8, interleaved S=2, multi_refine K=1, baseline at batch 16;
+             step ms with the optimizer timed apart, peak memory, MFU
+  train_eager  the same models eager: baseline, interleaved S=2, multi_refine K=1, the LRT
+             model with strategy none, baseline again
+  loader     loader and host-to-device time per batch
+  quality    small models on the packed Gutenberg shards (.gpu_data): baseline and LRT
              (shared, interleaved S=2) at equal tokens, the baseline at matched compute;
-             validation BPB in init / merged / sequential modes
-  pytest     the CUDA-marked tests
+             validation BPB in init / merged / sequential modes (needs ~150 s more budget)
 
 Needs torch, numpy, `lrt/` and `pipeline/_rust.abi3.so` (loader); no pydantic / mlflow.
 `--smoke` runs every section with tiny sizes on CPU.
@@ -54,7 +58,7 @@ def sizes(smoke: bool, quick_quality: bool = False) -> dict[str, Any]:
             chunk=16,
             eager=dict(steps=2, warmup=1),
             compiled=dict(steps=2, warmup=1, backend="eager"),
-            decode=dict(tokens=8, warmup=2, batches=[1, 4], rounds=1),
+            decode=dict(tokens=8, warmup=2, batches=[1, 4], rounds=1, modes=["eager", "static"]),
             loader=dict(batch_size=2, seq_len=64, batches=5),
             quality=dict(
                 model=dict(vocab_size=8192, depth=2, seq_len=64, n_embd=64, n_head=2),
@@ -73,7 +77,13 @@ def sizes(smoke: bool, quick_quality: bool = False) -> dict[str, Any]:
         chunk=64,
         eager=dict(steps=5, warmup=2),
         compiled=dict(steps=10, warmup=3, backend="inductor"),
-        decode=dict(tokens=128, warmup=4, batches=[1, 32], rounds=2),
+        decode=dict(
+            tokens=128,
+            warmup=4,
+            batches=[1, 32],
+            rounds=2,
+            modes=["eager", "graph", "compiled_graph"],
+        ),
         loader=dict(batch_size=8, seq_len=2048, batches=50),
         quality=dict(
             model=dict(vocab_size=8192, depth=6, seq_len=512),
@@ -239,7 +249,7 @@ def _time_run(
     import torch
 
     from lrt import accounting
-    from pipeline.benchmarks.step import TrainBench, _autocast, _sync
+    from pipeline.benchmarks.step import TrainBench
 
     dev = _device()
     _mem_reset(dev)
@@ -247,27 +257,8 @@ def _time_run(
     model = bench.model
     if compile_mode == "pass":
         model.compile(dynamic=False, backend=backend)
-    elif compile_mode == "step":
-
-        def loss_fn(idx, tgt):
-            return model.forward_train(idx, tgt, strategy).loss
-
-        compiled = torch.compile(loss_fn, dynamic=False, backend=backend)
-
-        def step(timed: bool = True) -> None:
-            _sync(dev)
-            t0 = time.perf_counter()
-            with _autocast(dev):
-                loss = compiled(bench.idx, bench.tgt)
-            loss.backward()
-            bench.opt.step()
-            bench.opt.zero_grad(set_to_none=True)
-            _sync(dev)
-            if timed:
-                bench.times.append(time.perf_counter() - t0)
-            bench.loss = loss.item()
-
-        bench.step = step  # type: ignore[method-assign]
+    elif compile_mode == "step":  # the whole loss (every pass, head, cross-entropy) compiled
+        bench.loss_fn = torch.compile(bench.loss_fn, dynamic=False, backend=backend)
     t0 = time.perf_counter()
     bench.step(timed=False)
     first_s = time.perf_counter() - t0
@@ -289,7 +280,7 @@ def _time_run(
             res["flops_per_token_causal"], res["tokens_per_s"], res["peak_flops"]
         )
     res["step_ms_all"] = res.get("step_ms_all", [])[:20]
-    bench.step = None  # type: ignore[assignment]  # break the closure cycle
+    bench.loss_fn = None  # break the closure cycle
     bench.close()
     gc.collect()
     if compile_mode != "none":
@@ -304,34 +295,32 @@ def worker_train(part: Part, cfg: dict[str, Any], *, compiled: bool) -> None:
     torch.backends.cudnn.allow_tf32 = True
     base, lrt = _train_cfgs(cfg)
     sts = _strategies(cfg)
-    chunk = f"chunked:{cfg['chunk']}"
     if compiled:
         c = cfg["compiled"]
-        plan = [
-            ("baseline", base, "baseline", "pass"),
-            ("baseline_step_compiled", base, "baseline", "step"),
-            ("interleaved:2", lrt, "interleaved:2", "pass"),
-            ("multi_refine:1", lrt, "multi_refine:1", "pass"),
-            ("interleaved:2_step_compiled", lrt, "interleaved:2", "step"),
+        b2 = 2 * cfg["batch_size"]
+        plan = [  # (name, model, strategy, compile mode, batch size)
+            ("baseline", base, "baseline", "step", None),
+            ("interleaved:2", lrt, "interleaved:2", "step", None),
+            ("multi_refine:1", lrt, "multi_refine:1", "step", None),
+            (f"baseline_batch_{b2}", base, "baseline", "step", b2),
         ]
         kw = dict(steps=c["steps"], warmup=c["warmup"], backend=c["backend"])
     else:
         e = cfg["eager"]
         plan = [
-            ("baseline", base, "baseline", "none"),
-            ("interleaved:2", lrt, "interleaved:2", "none"),
-            ("multi_refine:1", lrt, "multi_refine:1", "none"),
-            (chunk, lrt, chunk, "none"),
-            ("baseline_lrt_model", lrt, "baseline", "none"),
-            ("baseline_again", base, "baseline", "none"),
+            ("baseline", base, "baseline", "none", None),
+            ("interleaved:2", lrt, "interleaved:2", "none", None),
+            ("multi_refine:1", lrt, "multi_refine:1", "none", None),
+            ("baseline_lrt_model", lrt, "baseline", "none", None),
+            ("baseline_again", base, "baseline", "none", None),
         ]
         kw = dict(steps=e["steps"], warmup=e["warmup"], backend="inductor")
     part.put("config", {**cfg["model"], "batch_size": cfg["batch_size"], **kw,
                         "dtype": "bf16 autocast" if _device().type == "cuda" else "fp32"})  # fmt: skip
-    for name, mcfg, st, mode in plan:
+    for name, mcfg, st, mode, batch in plan:
         try:
             r = _time_run(
-                name, mcfg, sts[st], batch_size=cfg["batch_size"], compile_mode=mode, **kw
+                name, mcfg, sts[st], batch_size=batch or cfg["batch_size"], compile_mode=mode, **kw
             )
             part.put(f"run/{name}", r)
         except Exception as exc:  # noqa: BLE001
@@ -341,36 +330,53 @@ def worker_train(part: Part, cfg: dict[str, Any], *, compiled: bool) -> None:
                 torch.cuda.empty_cache()
 
 
-def worker_decode_loader(part: Part, cfg: dict[str, Any], data_dir: Path) -> None:
-    import torch
-
+def worker_decode(part: Part, cfg: dict[str, Any]) -> None:
+    """Baseline vs LRT decoding per decoder mode and batch size (cheap modes first)."""
     from pipeline.benchmarks.step import time_decode
 
     dev = _device()
     base, lrt = _train_cfgs(cfg)
     d = cfg["decode"]
-    for b in d["batches"]:
-        row: dict[str, Any] = {}
-        try:
-            for _ in range(d["rounds"]):
-                for name, mcfg in (("baseline", base), ("lrt", lrt)):
-                    _mem_reset(dev)
-                    r = time_decode(mcfg, dev, batch_size=b, tokens=d["tokens"], warmup=d["warmup"])
-                    r["peak_mem_gb"] = _mem_peak(dev)
-                    if name not in row or r["tokens_per_s"] > row[name]["tokens_per_s"]:
-                        row[name] = r
-            row["lrt_rel_throughput"] = row["lrt"]["tokens_per_s"] / row["baseline"]["tokens_per_s"]
-            row["lrt_overhead_pct"] = 100 * (1 / row["lrt_rel_throughput"] - 1)
-            part.put(f"decode/batch_{b}", row)
-        except Exception as exc:  # noqa: BLE001
-            part.error(f"decode/batch_{b}", exc)
+    for mode in d["modes"]:
+        rounds = 1 if mode == "compiled_graph" else d["rounds"]  # compiles cost ~10 s each
+        for b in d["batches"]:
+            row: dict[str, Any] = {}
+            try:
+                for _ in range(rounds):  # alternate the models; keep each one's best round
+                    for name, mcfg in (("baseline", base), ("lrt", lrt)):
+                        _mem_reset(dev)
+                        r = time_decode(
+                            mcfg, dev, batch_size=b, tokens=d["tokens"], warmup=d["warmup"],
+                            mode=mode,
+                        )  # fmt: skip
+                        r["peak_mem_gb"] = _mem_peak(dev)
+                        if name not in row or r["tokens_per_s"] > row[name]["tokens_per_s"]:
+                            row[name] = r
+                rel = row["lrt"]["tokens_per_s"] / row["baseline"]["tokens_per_s"]
+                row["lrt_rel_throughput"] = rel
+                row["lrt_overhead_pct"] = 100 * (1 / rel - 1)
+                part.put(f"decode/{mode}/batch_{b}", row)
+            except Exception as exc:  # noqa: BLE001
+                part.error(f"decode/{mode}/batch_{b}", exc)
+            finally:
+                if mode == "compiled_graph":
+                    import torch
 
-    # Loader: time to get the next batch (Rust thread ahead; pinned ring on CUDA) and the copy.
+                    torch._dynamo.reset()
+
+
+def worker_loader(part: Part, cfg: dict[str, Any], data_dir: Path) -> None:
+    """Time to get the next batch (Rust thread ahead; pinned ring on CUDA) and the copy."""
+    import statistics
+
+    import torch
+
+    from pipeline.loader import DataLoader
+
+    dev = _device()
     lo = cfg["loader"]
     for mode in ("bestfit", "contiguous"):
         try:
-            from pipeline.loader import DataLoader
-
             loader = DataLoader(
                 data_dir / "tokens", "train", lo["batch_size"], lo["seq_len"], mode=mode, seed=0
             )
@@ -391,8 +397,6 @@ def worker_decode_loader(part: Part, cfg: dict[str, Any], data_dir: Path) -> Non
                 t_h2d.append(t2 - t1)
                 del xd, yd
             loader.close()
-            import statistics
-
             part.put(
                 f"loader/{mode}",
                 {
@@ -639,7 +643,8 @@ def worker_quality(part: Part, cfg: dict[str, Any], data_dir: Path, budget_s: fl
 
 def worker_pytest(part: Part, timeout: float) -> None:
     cmd = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "tests/test_lrt_model.py",
-           "tests/test_lrt_optim.py", "-p", "no:cacheprovider"]  # fmt: skip
+           "tests/test_lrt_optim.py", "tests/test_static_decode.py",
+           "-p", "no:cacheprovider"]  # fmt: skip
     try:
         out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
         part.put("pytest", {"rc": out.returncode, "cmd": " ".join(cmd[1:]),
@@ -662,8 +667,10 @@ def worker_main(a: argparse.Namespace) -> None:
             worker_train(part, cfg, compiled=False)
         elif a.worker == "train_compiled":
             worker_train(part, cfg, compiled=True)
-        elif a.worker == "decode_loader":
-            worker_decode_loader(part, cfg, Path(a.data))
+        elif a.worker == "decode":
+            worker_decode(part, cfg)
+        elif a.worker == "loader":
+            worker_loader(part, cfg, Path(a.data))
         elif a.worker == "quality":
             worker_quality(part, cfg, Path(a.data), a.worker_budget)
         elif a.worker == "pytest":
@@ -681,11 +688,12 @@ def worker_main(a: argparse.Namespace) -> None:
 # name, cap seconds, minimum useful seconds, seconds to keep for it while earlier ones run
 SECTIONS = [
     ("env", 40, 10, 0),
-    ("train_eager", 90, 30, 0),
-    ("train_compiled", 180, 60, 0),
-    ("decode_loader", 60, 20, 45),
-    ("quality", 190, 60, 160),
-    ("pytest", 60, 20, 0),
+    ("pytest", 90, 30, 0),
+    ("decode", 150, 40, 0),
+    ("train_compiled", 200, 60, 0),
+    ("train_eager", 80, 30, 0),
+    ("loader", 30, 10, 0),
+    ("quality", 190, 60, 0),
 ]
 
 
@@ -746,7 +754,9 @@ def summarize(res: dict[str, Any]) -> str:
         if not runs:
             continue
         ref = runs.get("baseline", {}).get("step_ms")
-        lines.append(f"\n{sec}: {'run':<28}{'step ms':>9}{'x base':>8}{'MFU%':>7}{'mem GB':>8}")
+        lines.append(
+            f"\n{sec}: {'run':<28}{'step ms':>9}{'x base':>8}{'MFU%':>7}{'mem GB':>8}{'opt ms':>8}"
+        )
         for k, v in runs.items():
             if "error" in v:
                 lines.append(f"  {k:<36} ERROR {v['error'][:80]}")
@@ -754,16 +764,18 @@ def summarize(res: dict[str, Any]) -> str:
             rel = v["step_ms"] / ref if ref else float("nan")
             lines.append(
                 f"  {k:<36}{v['step_ms']:>9.1f}{rel:>8.2f}{100 * v.get('mfu', 0):>7.1f}"
-                f"{(v.get('peak_mem_gb') or 0):>8.2f}"
+                f"{(v.get('peak_mem_gb') or 0):>8.2f}{v.get('optimizer_ms', float('nan')):>8.1f}"
             )
-    dl = s.get("decode_loader", {})
-    for k, v in dl.items():
-        if k.startswith("decode/") and "lrt_rel_throughput" in v:
+    for k, v in s.get("decode", {}).items():
+        if "lrt_rel_throughput" in v:
             lines.append(
                 f"{k}: base {v['baseline']['tokens_per_s']:.0f} tok/s, LRT "
                 f"{v['lrt']['tokens_per_s']:.0f} tok/s, overhead {v['lrt_overhead_pct']:.1f} %"
             )
-        elif k.startswith("loader/") and "next_ms_median" in v:
+        elif "error" in v:
+            lines.append(f"{k}: ERROR {v['error'][:80]}")
+    for k, v in s.get("loader", {}).items():
+        if "next_ms_median" in v:
             lines.append(f"{k}: next {v['next_ms_median']:.3f} ms, h2d {v['h2d_ms_median']:.3f} ms")
     for k, v in res.get("loader_share", {}).items():
         lines.append(
@@ -788,7 +800,7 @@ def _loader_share(res: dict[str, Any]) -> dict[str, Any]:
         step = s.get(sec, {}).get("run/baseline", {}).get("step_ms")
         if step:
             for mode in ("bestfit", "contiguous"):
-                lo = s.get("decode_loader", {}).get(f"loader/{mode}", {})
+                lo = s.get("loader", {}).get(f"loader/{mode}", {})
                 if "next_ms_median" in lo:
                     out[f"{sec}/{mode}"] = {
                         "step_ms": step,
@@ -856,7 +868,7 @@ def parent_main(a: argparse.Namespace) -> None:
             except Exception as exc:  # noqa: BLE001
                 res["sections"][name] = {"error": f"unreadable part: {exc!r}"}
             res["meta"][name] = meta
-            if name == "decode_loader":
+            if name == "loader":
                 res["loader_share"] = _loader_share(res)
             write()
         res["loader_share"] = _loader_share(res)

@@ -109,26 +109,39 @@ class TrainBench:
         data = data.to(device)
         self.idx, self.tgt = data[:, :-1], data[:, 1:]
         self.times: list[float] = []
+        self.opt_times: list[float] = []
         self.loss = float("nan")
+        # (idx, targets) -> scalar loss; replace with a compiled version to time a whole-loss
+        # compile (`torch.compile(bench.loss_fn)`)
+        self.loss_fn: Any = lambda idx, tgt: self.model.forward_train(idx, tgt, strategy).loss
 
     def step(self, timed: bool = True) -> None:
-        """One training step: forward (all passes of the strategy), backward, optimizer."""
+        """One training step: forward (all passes of the strategy), backward, optimizer.
+
+        The optimizer is timed on its own too (a synchronise between backward and the
+        optimizer step; it removes only the overlap of the optimizer's launches with the end
+        of the backward)."""
         _sync(self.device)
         t0 = time.perf_counter()
         with _autocast(self.device):
-            out = self.model.forward_train(self.idx, self.tgt, self.strategy)
-        out.loss.backward()
+            loss = self.loss_fn(self.idx, self.tgt)
+        loss.backward()
+        _sync(self.device)
+        t1 = time.perf_counter()
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         _sync(self.device)
         if timed:
-            self.times.append(time.perf_counter() - t0)
-        self.loss = out.loss.item()
+            t2 = time.perf_counter()
+            self.times.append(t2 - t0)
+            self.opt_times.append(t2 - t1)
+        self.loss = loss.item()
 
     def result(self) -> dict[str, Any]:
         step_s = statistics.median(self.times)
         out = {
             "step_ms": 1e3 * step_s,
+            "optimizer_ms": 1e3 * statistics.median(self.opt_times),
             "step_ms_all": [round(1e3 * t, 3) for t in self.times],
             "tokens_per_s": self.batch_size * self.cfg.seq_len / step_s,
             "flops_per_token": accounting.flops_per_token(self.cfg, self.strategy),
@@ -203,33 +216,74 @@ def time_train_interleaved(
     return results
 
 
+DECODE_MODES = ("eager", "static", "graph", "compiled_graph")
+
+
 @torch.no_grad()
 def time_decode(
-    cfg: LRTConfig, device: torch.device, *, batch_size: int, tokens: int, warmup: int = 2
+    cfg: LRTConfig,
+    device: torch.device,
+    *,
+    batch_size: int,
+    tokens: int,
+    warmup: int = 2,
+    mode: str = "eager",
 ) -> dict[str, Any]:
-    """Greedy decoding throughput (tokens/s over the batch) from an empty cache."""
-    from lrt.decode import decode_step, new_state
+    """Greedy decoding throughput (tokens/s over the batch) from an empty cache.
 
+    mode: "eager" = `lrt.decode.decode_step` (growing `KVCache`; bf16 autocast on CUDA, fp32
+    weights), the others use `lrt.static_decode.StaticDecoder` on a copy of the model in bf16
+    on CUDA (fp32 on CPU): "static" eager, "graph" replayed as a CUDA graph, "compiled_graph"
+    compiled with inductor and replayed as a CUDA graph. The static modes attend over a cache
+    of warmup + tokens rows at every step (the eager cache grows).
+    """
+    from lrt.decode import decode_step, new_state
+    from lrt.static_decode import StaticDecoder
+
+    if mode not in DECODE_MODES:
+        raise ValueError(f"decode mode must be one of {DECODE_MODES}, got {mode!r}")
     model = _build(cfg, device, compile_model=False)
     model.eval()
     total = warmup + tokens
-    state = new_state(model, batch_size, total)
     nxt = torch.zeros(batch_size, dtype=torch.long, device=device)
+    setup_s = 0.0
+    if mode == "eager":
+        state = new_state(model, batch_size, total)
+
+        def step(tok: torch.Tensor) -> torch.Tensor:
+            with _autocast(device):
+                return decode_step(model, state, tok)
+    else:
+        if device.type == "cuda":
+            model = model.to(torch.bfloat16)
+        if mode != "static" and device.type != "cuda":
+            raise ValueError(f"decode mode {mode!r} needs CUDA")
+        t_setup = time.perf_counter()
+        decoder = StaticDecoder(
+            model,
+            batch_size,
+            total,
+            compile_backend="inductor" if mode == "compiled_graph" else None,
+            cuda_graph=mode != "static",
+        )
+        _sync(device)
+        setup_s = time.perf_counter() - t_setup
+        step = decoder.step
     t0 = 0.0
     for i in range(total):
         if i == warmup:
             _sync(device)
             t0 = time.perf_counter()
-        with _autocast(device):
-            logits = decode_step(model, state, nxt)
-        nxt = logits.argmax(dim=-1)
+        nxt = step(nxt).argmax(dim=-1)
     _sync(device)
     elapsed = time.perf_counter() - t0
-    del model, state
+    model = step = None  # the decoder's bound step is a reference cycle: collect it now
     gc.collect()
     return {
+        "mode": mode,
         "tokens_per_s": batch_size * tokens / elapsed,
         "ms_per_step": 1e3 * elapsed / tokens,
+        "setup_s": setup_s,
         "flops_per_token": accounting.decode_flops_per_token(cfg, context=(total + 1) // 2),
     }
 

@@ -1,0 +1,219 @@
+"""Decoding with static shapes, so one decode step can be compiled and captured as a CUDA graph.
+
+Eager decoding (`lrt.decode`) is bound by kernel launches and host time at small batch: on an
+H100 a d12 step took 10.4 ms at batch 1, about 100x the time to read the weights once, and the
+LRT's few extra small ops per layer cost 31 % (docs/RESULTS.md). A decode step whose every
+tensor keeps its shape and address from one token to the next can instead be recorded once
+and replayed as a single CUDA graph launch; only the work itself remains.
+
+What is static here:
+- `StaticKVCache`: per-layer K/V of shape (B, H, max_len, D), allocated (zeroed) up front. The
+  write position is a device tensor `pos` (1,) advanced in place; a step writes row `pos` with
+  `index_copy_` and attends to all max_len rows under the mask `key <= pos`. Rows past `pos`
+  are masked out, so the result equals the growing cache of `lrt.decode.KVCache` (the step
+  costs attention over max_len keys instead of pos + 1; keep max_len to what you decode).
+- `StaticDecoder`: owns the cache, the memory (B, 1, C), the input tokens (B, 1) and the
+  logits (B, V). `step(tokens)` copies the tokens in, runs the step (eager, `torch.compile`d,
+  or a CUDA graph replay) and returns a copy of the logits.
+
+The arithmetic is the model's own `forward` and `head` (the cache only supplies rotary rows,
+mask and K/V storage), so the static decoder computes what `lrt.decode.decode_step` computes
+(tests/test_static_decode.py checks it against the eager decoder and exact sequential logits).
+
+    >>> from lrt import LRT, LRTConfig
+    >>> model = LRT(LRTConfig(vocab_size=97, depth=2, seq_len=16, n_embd=64, n_head=2,
+    ...                       pathway="shared")); model.init_weights()
+    >>> dec = StaticDecoder(model, batch_size=2, max_len=8)
+    >>> dec.step(torch.tensor([1, 2])).shape
+    torch.Size([2, 97])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from lrt.model import KV, LRT
+
+
+class StaticKVCache:
+    """Fixed-size K/V per layer plus a device-side write position (see the module docstring).
+
+    Args:
+        n_layer, batch_size, n_head, head_dim, max_len: cache shape (B, H, max_len, D) per layer.
+        device, dtype: where and in what dtype K/V are stored (the dtype of the model's K/V:
+            its parameter dtype, or bf16 for a model run in bf16).
+    """
+
+    def __init__(
+        self,
+        n_layer: int,
+        batch_size: int,
+        n_head: int,
+        head_dim: int,
+        max_len: int,
+        device: torch.device | str,
+        dtype: torch.dtype,
+    ) -> None:
+        if max_len < 1:
+            raise ValueError(f"max_len must be >= 1, got {max_len}")
+        shape = (batch_size, n_head, max_len, head_dim)
+        # zeros, not empty: masked rows still enter the softmax-weighted sum with weight 0, and
+        # 0 * NaN from uninitialised memory would poison the output
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
+        self.max_len = max_len
+        self.pos = torch.zeros(1, dtype=torch.long, device=device)  # next row to write
+        self.keys = torch.arange(max_len, device=device)
+
+    def pass_context(
+        self, cos: Tensor, sin: Tensor, t: int, rope_len: int
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Rotary rows at `pos`, q_pos = pos and the (1, max_len) mask `key <= pos`.
+
+        Only t == 1 (one token per step). Bounds (pos < max_len <= rope_len) are the caller's
+        to check on the host (`StaticDecoder` counts steps): reading `pos` here would
+        synchronise and could not be captured.
+        """
+        if t != 1:
+            raise ValueError(f"a static cache decodes one token per step, got {t}")
+        if self.max_len > rope_len:
+            raise ValueError(f"max_len {self.max_len} exceeds the rotary table ({rope_len})")
+        mask = (self.keys <= self.pos).unsqueeze(0)  # (Tq=1, Tk)
+        return cos.index_select(0, self.pos), sin.index_select(0, self.pos), self.pos, mask
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> KV:
+        """Write k, v (B, H, 1, D) at row pos in place; return the whole (B, H, max_len, D)."""
+        kc, vc = self.k[layer], self.v[layer]
+        kc.index_copy_(2, self.pos, k.to(kc.dtype))
+        vc.index_copy_(2, self.pos, v.to(vc.dtype))
+        return kc, vc
+
+    def advance(self, t: int) -> None:
+        self.pos.add_(t)
+
+    def reset(self) -> None:
+        """Back to an empty cache (old rows stay; they are masked until overwritten)."""
+        self.pos.zero_()
+
+
+class StaticDecoder:
+    """One decode step with static shapes: eager, compiled and/or replayed as a CUDA graph.
+
+    Args:
+        model: the LRT (or baseline) in the dtype it should decode in (e.g. `model.bfloat16()`
+            for bf16 decoding; no autocast is applied here, so no weight casts per step).
+        batch_size: sequences decoded in lockstep.
+        max_len: tokens per sequence, prompt included (at most the model's rotary length).
+        compile_backend: None (no compile) or a `torch.compile` backend ("inductor" fuses the
+            step's elementwise ops; "eager" only traces). The step must trace as one graph
+            (fullgraph=True), so a graph break is an error, not a silent slowdown.
+        cuda_graph: capture the step as a CUDA graph (default: when the model is on CUDA).
+
+    `step(tokens)` feeds one token per sequence and returns next-token logits (B, V) float32;
+    `prefill(prompt)` feeds a (B, T0) prompt exactly; `reset()` starts new sequences (reusing
+    the captured graph).
+    """
+
+    def __init__(
+        self,
+        model: LRT,
+        batch_size: int,
+        max_len: int,
+        *,
+        compile_backend: str | None = None,
+        cuda_graph: bool | None = None,
+        warmup: int = 2,
+    ) -> None:
+        cfg = model.config
+        if max_len > cfg.rope_len:
+            raise ValueError(
+                f"max_len {max_len} exceeds the model's rotary table ({cfg.rope_len}); "
+                "raise LRTConfig.rope_len or decode fewer tokens"
+            )
+        device = model.device
+        if cuda_graph is None:
+            cuda_graph = device.type == "cuda"
+        if cuda_graph and device.type != "cuda":
+            raise ValueError(f"cuda_graph=True needs a model on CUDA, not {device}")
+        self.model = model
+        self.batch_size, self.max_len = batch_size, max_len
+        dtype = model.wte.weight.dtype
+        self.cache = StaticKVCache(
+            cfg.n_layer, batch_size, cfg.n_head, cfg.head_dim, max_len, device, dtype
+        )
+        self.tokens = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
+        self.memory = torch.zeros(batch_size, 1, cfg.n_embd, device=device, dtype=dtype)
+        self.n = 0  # tokens fed so far (host-side mirror of cache.pos)
+        fn: Callable[[], Tensor] = self._step_impl
+        if compile_backend is not None:
+            fn = torch.compile(fn, backend=compile_backend, dynamic=False, fullgraph=True)
+        self._fn = fn
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self._logits: Tensor | None = None
+        if cuda_graph:
+            self._capture(warmup)
+
+    # -----------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _step_impl(self) -> Tensor:
+        model = self.model
+        out = model(self.tokens, self.memory, cache=self.cache)
+        self.memory.copy_(out.source[:, -1:])
+        return model.head(out.hidden)[:, -1]
+
+    def _capture(self, warmup: int) -> None:
+        """Warm up on a side stream (compiles, picks kernels, allocates), then record."""
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(max(warmup, 1)):
+                self._fn()
+        torch.cuda.current_stream().wait_stream(side)
+        self.reset()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self._logits = self._fn()
+        self._graph = graph
+        self.reset()  # capture does not run the kernels; this only restates the empty state
+
+    def reset(self) -> None:
+        """Start new sequences: empty cache, zero memory."""
+        self.cache.reset()
+        self.memory.zero_()
+        self.n = 0
+
+    @torch.no_grad()
+    def step(self, tokens: Tensor) -> Tensor:
+        """Feed tokens (B,) or (B, 1); return next-token logits (B, V) (a fresh tensor)."""
+        if self.n >= self.max_len:
+            raise ValueError(
+                f"static cache full ({self.max_len} tokens); build the decoder with a larger "
+                "max_len or call reset()"
+            )
+        if tokens.numel() != self.batch_size:
+            raise ValueError(f"expected {self.batch_size} tokens, got shape {tuple(tokens.shape)}")
+        self.tokens.copy_(tokens.view(-1, 1))
+        if self._graph is not None:
+            self._graph.replay()
+            logits = self._logits
+        else:
+            logits = self._fn()
+        self.n += 1
+        return logits.clone()
+
+    @torch.no_grad()
+    def prefill(self, prompt: Tensor) -> Tensor:
+        """Feed prompt (B, T0) into a fresh state, exactly, one token per step (an LRT's memory
+        needs the previous token's state); return the logits after its last token (B, V)."""
+        if self.n != 0:
+            raise ValueError("prefill needs a fresh state; call reset() first")
+        if prompt.dim() != 2 or prompt.size(1) == 0:
+            raise ValueError(f"prompt must be (B, T0) with T0 >= 1, got {tuple(prompt.shape)}")
+        logits = None
+        for i in range(prompt.size(1)):
+            logits = self.step(prompt[:, i])
+        return logits
