@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from lrt.attention import attention_mask, causal_attention, masked_attention
 from lrt.config import LRTConfig, StrategyConfig
-from lrt.recurrence import LatentPathway
+from lrt.recurrence import LatentPathway, gate_activation
 
 if TYPE_CHECKING:
     from lrt.decode import KVCache
@@ -111,14 +111,36 @@ class CausalSelfAttention(nn.Module):
         return k.transpose(1, 2), v.transpose(1, 2)
 
     def forward(
-        self, xn: Tensor, cos: Tensor, sin: Tensor, fb: Any, ctx: _AttnCtx, kv_in: KV | None
+        self,
+        xn: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        gate_w: Tensor | None,
+        mem_kv: KV | None,
+        ctx: _AttnCtx,
+        kv_in: KV | None,
+        fused_w: Tensor | None = None,
     ):
-        """kv_in: this layer's (K, V) buffer in a buffer pass (the rows are written into a copy),
-        else None. Nothing here depends on the layer index except the decode cache's slot."""
-        b, t, _ = xn.shape
+        """gate_w: the pathway's gate weight (H, C) of this layer and mem_kv its memory
+        (k_fb, v_fb), each (B, T, H, D); both None without the KV projection. kv_in: this
+        layer's (K, V) buffer in a buffer pass (the rows are written into a copy), else None.
+        fused_w: [Wq; Wk; Wv; Wg] stacked (3C (+H), C) so q, k, v and the gate logits come from
+        one matmul (`LRT.fused_projection_weights`, decoding). Nothing here depends on the layer
+        index except the decode cache's slot."""
+        b, t, c = xn.shape
         shape = (b, t, self.n_head, self.head_dim)
-        k_local, v_local = self.c_k(xn).view(shape), self.c_v(xn).view(shape)
-        q = norm(apply_rotary(self.c_q(xn).view(shape), cos, sin)).to(v_local.dtype)
+        if fused_w is not None:
+            proj = F.linear(xn, fused_w)
+            q_lin, k_lin, v_lin = proj[..., :c], proj[..., c : 2 * c], proj[..., 2 * c : 3 * c]
+            gate_logits = proj[..., 3 * c :] if gate_w is not None else None
+        else:
+            q_lin, k_lin, v_lin = self.c_q(xn), self.c_k(xn), self.c_v(xn)
+            gate_logits = F.linear(xn, gate_w) if gate_w is not None else None
+        fb = None
+        if mem_kv is not None:
+            fb = (gate_activation(gate_logits), *mem_kv)
+        k_local, v_local = k_lin.reshape(shape), v_lin.reshape(shape)
+        q = norm(apply_rotary(q_lin.reshape(shape), cos, sin)).to(v_local.dtype)
         q = q.transpose(1, 2)  # (B, H, T, D)
         k, v = self.project_kv(k_local, v_local, cos, sin, fb)  # (B, H, T, D)
         if ctx.cache is not None:
@@ -230,6 +252,7 @@ class LRT(nn.Module):
         capture: bool = False,
         mask_key: Hashable | None = None,
         attn_mask: Any = None,
+        fused_weights: list[Tensor] | None = None,
     ) -> PassOutput:
         """One pass over `idx` (B, T) with memory (B, T, C) (None means zeros).
 
@@ -246,6 +269,8 @@ class LRT(nn.Module):
             attn_mask: the buffer pass's mask, prebuilt with `lrt.attention.attention_mask(
                 positions, T, T_full, device, mask_key)` outside compiled code (the strategies
                 do); None builds it here, once, before the layer loop. Every layer shares it.
+            fused_weights: from `fused_projection_weights()`: per layer one (3C (+H), C) matrix
+                for the q/k/v/gate projections (a snapshot; rebuild it after the weights change).
         """
         cfg = self.config
         b, t = idx.shape
@@ -279,8 +304,16 @@ class LRT(nn.Module):
             if pw is not None:
                 x = pw.inject(x, memory, i)
             xn = norm(x)
-            fb = (pw.gate(xn, i), *mem_kv[i]) if mem_kv is not None else None
-            y, kv, pre = block.attn(xn, cos, sin, fb, ctx, None if buffer is None else buffer[i])
+            y, kv, pre = block.attn(
+                xn,
+                cos,
+                sin,
+                pw.gates[i].weight if mem_kv is not None else None,
+                mem_kv[i] if mem_kv is not None else None,
+                ctx,
+                None if buffer is None else buffer[i],
+                None if fused_weights is None else fused_weights[i],
+            )
             x = x + y
             x = x + block.mlp(norm(x))
             kvs.append(kv)
@@ -292,6 +325,26 @@ class LRT(nn.Module):
         if cache is not None:
             cache.advance(t)
         return PassOutput(hidden, source, kvs, pres)
+
+    @torch.no_grad()
+    def fused_projection_weights(self, out: list[Tensor] | None = None) -> list[Tensor]:
+        """Per layer [Wq; Wk; Wv] (+ the gate weight Wg with the KV projection) stacked into one
+        (3C (+H), C) matrix, for `forward(..., fused_weights=...)`: one matmul instead of three
+        or four, which matters when decoding is bound by the number of kernels. A snapshot of
+        the current weights; `out` (a previous result) is refreshed in place."""
+        pw = self.pathway
+        fused = []
+        for i, block in enumerate(self.blocks):
+            a = block.attn
+            parts = [a.c_q.weight, a.c_k.weight, a.c_v.weight]
+            if pw is not None and pw.gates is not None:
+                parts.append(pw.gates[i].weight)
+            if out is None:
+                fused.append(torch.cat(parts))
+            else:
+                torch.cat(parts, out=out[i])
+                fused.append(out[i])
+        return fused
 
     def head(self, hidden: Tensor) -> Tensor:
         """Logits (float32, soft-capped) from normed final states: (B, T, C) -> (B, T, V)."""

@@ -89,4 +89,9 @@ class LatentPathway(nn.Module):
 
     def gate(self, xn: Tensor, layer: int) -> Tensor:
         """Per-head mixing gate 2*sigmoid(Wg RMSNorm(x)): (B, T, H), in (0, 2), 1 at init."""
-        return 2.0 * torch.sigmoid(self.gates[layer](xn))
+        return gate_activation(self.gates[layer](xn))
+
+
+def gate_activation(logits: Tensor) -> Tensor:
+    """The gate from its logits Wg RMSNorm(x): 2*sigmoid, in (0, 2), 1 at zero logits."""
+    return 2.0 * torch.sigmoid(logits)

@@ -111,6 +111,9 @@ class StaticDecoder:
             step's elementwise ops; "eager" only traces). The step must trace as one graph
             (fullgraph=True), so a graph break is an error, not a silent slowdown.
         cuda_graph: capture the step as a CUDA graph (default: when the model is on CUDA).
+        fuse: project q, k, v and the pathway gate with one matmul per layer from stacked
+            weights (`LRT.fused_projection_weights`): fewer, larger kernels. The stack is a
+            copy of the weights; `reset()` refreshes it if the model's weights changed since.
 
     `step(tokens)` feeds one token per sequence and returns next-token logits (B, V) float32;
     `prefill(prompt)` feeds a (B, T0) prompt exactly; `reset()` starts new sequences (reusing
@@ -125,6 +128,7 @@ class StaticDecoder:
         *,
         compile_backend: str | None = None,
         cuda_graph: bool | None = None,
+        fuse: bool = True,
         warmup: int = 2,
     ) -> None:
         cfg = model.config
@@ -147,6 +151,8 @@ class StaticDecoder:
         self.tokens = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
         self.memory = torch.zeros(batch_size, 1, cfg.n_embd, device=device, dtype=dtype)
         self.n = 0  # tokens fed so far (host-side mirror of cache.pos)
+        self._fused = model.fused_projection_weights() if fuse else None
+        self._fused_from = self._weight_versions()
         fn: Callable[[], Tensor] = self._step_impl
         if compile_backend is not None:
             fn = torch.compile(fn, backend=compile_backend, dynamic=False, fullgraph=True)
@@ -161,7 +167,7 @@ class StaticDecoder:
     @torch.no_grad()
     def _step_impl(self) -> Tensor:
         model = self.model
-        out = model(self.tokens, self.memory, cache=self.cache)
+        out = model(self.tokens, self.memory, cache=self.cache, fused_weights=self._fused)
         self.memory.copy_(out.source[:, -1:])
         return model.head(out.hidden)[:, -1]
 
@@ -180,11 +186,22 @@ class StaticDecoder:
         self._graph = graph
         self.reset()  # capture does not run the kernels; this only restates the empty state
 
+    def _weight_versions(self) -> list[int]:
+        """In-place update counters of the weights the fused stack copies (an optimizer step
+        or `load_state_dict` bumps them)."""
+        if self._fused is None:
+            return []
+        return [p._version for p in self.model.parameters()]
+
     def reset(self) -> None:
-        """Start new sequences: empty cache, zero memory."""
+        """Start new sequences: empty cache, zero memory; re-stack fused weights that changed."""
         self.cache.reset()
         self.memory.zero_()
         self.n = 0
+        versions = self._weight_versions()
+        if versions != self._fused_from:
+            self.model.fused_projection_weights(out=self._fused)  # in place: graph stays valid
+            self._fused_from = versions
 
     @torch.no_grad()
     def step(self, tokens: Tensor) -> Tensor:

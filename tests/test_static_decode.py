@@ -26,11 +26,12 @@ def static_logits(decoder: StaticDecoder, idx: torch.Tensor) -> torch.Tensor:
     return torch.stack([decoder.step(idx[:, i]) for i in range(idx.size(1))], dim=1)
 
 
+@pytest.mark.parametrize("fuse", [True, False])
 @pytest.mark.parametrize("pathway", PATHWAYS)
-def test_static_equals_eager_decoding_and_chunked_c1(pathway):
+def test_static_equals_eager_decoding_and_chunked_c1(pathway, fuse):
     model = make_model(pathway)
     idx = tokens()
-    got = static_logits(StaticDecoder(model, 2, T), idx)
+    got = static_logits(StaticDecoder(model, 2, T, fuse=fuse), idx)
     torch.testing.assert_close(got, sequential_forward(model, idx), **TOL)
     chunked = model.logits(idx, "chunked", StrategyConfig(name="chunked", chunk_size=1))
     torch.testing.assert_close(got, chunked, **TOL)
@@ -54,6 +55,22 @@ def test_reset_reuses_the_decoder_without_leaking_old_rows():
     torch.testing.assert_close(static_logits(dec, other), sequential_forward(model, other), **TOL)
     dec.reset()
     torch.testing.assert_close(static_logits(dec, tokens(seed=1)), first, rtol=0, atol=0)
+
+
+def test_fused_weights_follow_weight_changes_at_reset():
+    """The fused q/k/v/gate stack is a copy: after the weights change (an optimizer step, a
+    checkpoint load), reset() re-stacks it, so decoding uses the new weights."""
+    model = make_model("layerwise")
+    dec = StaticDecoder(model, 2, T)
+    idx = tokens()
+    before = static_logits(dec, idx)
+    with torch.no_grad():
+        model.blocks[1].attn.c_k.weight.mul_(-1.5)
+        model.pathway.gates[2].weight.add_(0.5)
+    dec.reset()
+    after = static_logits(dec, idx)
+    torch.testing.assert_close(after, sequential_forward(model, idx), **TOL)
+    assert (after - before).abs().max() > 1e-3
 
 
 def test_prefill_then_steps_equal_sequential():

@@ -216,7 +216,7 @@ def time_train_interleaved(
     return results
 
 
-DECODE_MODES = ("eager", "static", "graph", "compiled_graph")
+DECODE_MODES = ("eager", "static", "graph", "graph_unfused", "compiled_graph")
 
 
 @torch.no_grad()
@@ -233,9 +233,10 @@ def time_decode(
 
     mode: "eager" = `lrt.decode.decode_step` (growing `KVCache`; bf16 autocast on CUDA, fp32
     weights), the others use `lrt.static_decode.StaticDecoder` on a copy of the model in bf16
-    on CUDA (fp32 on CPU): "static" eager, "graph" replayed as a CUDA graph, "compiled_graph"
-    compiled with inductor and replayed as a CUDA graph. The static modes attend over a cache
-    of warmup + tokens rows at every step (the eager cache grows).
+    on CUDA (fp32 on CPU): "static" eager, "graph" replayed as a CUDA graph, "graph_unfused"
+    the same without the stacked q/k/v/gate matmul, "compiled_graph" compiled with inductor
+    and replayed as a CUDA graph. The static modes attend over a cache of warmup + tokens rows
+    at every step (the eager cache grows).
     """
     from lrt.decode import decode_step, new_state
     from lrt.static_decode import StaticDecoder
@@ -265,6 +266,7 @@ def time_decode(
             total,
             compile_backend="inductor" if mode == "compiled_graph" else None,
             cuda_graph=mode != "static",
+            fuse=mode != "graph_unfused",
         )
         _sync(device)
         setup_s = time.perf_counter() - t_setup
