@@ -10,7 +10,8 @@ Sections, in order of value (issue 6's second device run):
   env        torch / device / flash-attention check, a big bf16 GEMM
   pytest     the CUDA-marked tests (CUDA-graph decoding, fused optimizer, bf16 passes)
   decode     greedy decoding tok/s, baseline vs LRT, batch 1 and 32, per decoder: eager
-             (growing KV cache, autocast), graph (static cache replayed as a CUDA graph) and
+             (growing KV cache, autocast), graph (static cache, stacked q/k/v/gate matmul,
+             replayed as a CUDA graph), graph_unfused (the same, separate matmuls) and
              compiled_graph (inductor + CUDA graph); see lrt/static_decode.py
   train_compiled  d12 (vocab 65536, T 2048), the whole loss compiled (every pass, head and
              cross-entropy in one `torch.compile`, as training's `compile: true` does):
@@ -82,7 +83,7 @@ def sizes(smoke: bool, quick_quality: bool = False) -> dict[str, Any]:
             warmup=4,
             batches=[1, 32],
             rounds=2,
-            modes=["eager", "graph", "compiled_graph"],
+            modes=["eager", "graph", "graph_unfused", "compiled_graph"],
         ),
         loader=dict(batch_size=8, seq_len=2048, batches=50),
         quality=dict(
