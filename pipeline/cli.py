@@ -166,17 +166,69 @@ def download(settings: Settings) -> None:
     )
 
 
+def _parse_part(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    if value is None:
+        return None
+    from pipeline.parts import PartSpec
+
+    try:
+        return PartSpec.parse(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+
+
 @main.command()
+@click.option(
+    "--part",
+    metavar="I/N",
+    callback=_parse_part,
+    help="Pack only part I of N (1-based) of the documents, with the tokenizer.bpe already "
+    "in tokenizer.out_dir; run I = 1..N on any machines, then --merge.",
+)
+@click.option(
+    "--merge",
+    is_flag=True,
+    help="Check the N parts in tokenizer.out_dir and write the final manifest.json.",
+)
+@click.option(
+    "--tokenizer-only",
+    is_flag=True,
+    help="Only train (or copy tokenizer.pretrained) and save tokenizer.bpe, for --part runs.",
+)
 @with_settings
-def tokenize(settings: Settings) -> None:
-    """Train the BPE tokenizer and pack the raw documents into token shards."""
+def tokenize(settings: Settings, part: Any, merge: bool, tokenizer_only: bool) -> None:
+    """Train the BPE tokenizer and pack the raw documents into token shards.
+
+    Across machines: `--tokenizer-only` once, copy tokenizer.bpe to each machine's
+    tokenizer.out_dir, `--part i/N` for i = 1..N, collect every part's files in one folder,
+    `--merge`.
+    """
     from pipeline import steps
 
+    chosen = [name for name, on in (("--part", part), ("--merge", merge),
+                                    ("--tokenizer-only", tokenizer_only)) if on]  # fmt: skip
+    if len(chosen) > 1:
+        raise click.UsageError(f"{' and '.join(chosen)} exclude each other; use one per run")
+    out = settings.tokenizer.out_dir
     with _invocation(settings, "tokenize"):
-        stats = steps.tokenize(settings)
+        stats = steps.tokenize(settings, part=part, merge=merge, tokenizer_only=tokenizer_only)
+    if tokenizer_only:
+        click.echo(
+            f"tokenizer vocab {stats['vocab_size']}, hash {stats['tokenizer_hash'][:12]} -> {out}"
+        )
+        return
+    what = (
+        f"part {part}"
+        if part is not None
+        else f"{stats.get('parts')} parts merged"
+        if merge
+        else None
+    )
     click.echo(
-        f"vocab {stats['vocab_size']}, {stats['tokens']:,} tokens "
-        f"({stats['train_tokens']:,} train / {stats['val_tokens']:,} val) -> {settings.tokenizer.out_dir}"
+        (f"{what}: " if what else "")
+        + (f"vocab {stats['vocab_size']}, " if "vocab_size" in stats else "")
+        + f"{stats['tokens']:,} tokens "
+        f"({stats['train_tokens']:,} train / {stats['val_tokens']:,} val) -> {out}"
     )
 
 
@@ -264,6 +316,11 @@ def _summary(metrics: dict[str, Any]) -> str:
     "--top-k", default=50, show_default=True, type=click.IntRange(min=0), help="0 = no cut."
 )
 @click.option("--seed", default=None, type=int, help="Seed for reproducible samples.")
+@click.option(
+    "--static",
+    is_flag=True,
+    help="Static-shape decoder (lrt.static_decode): one CUDA graph replay per token on a GPU.",
+)
 @with_settings
 def generate(
     settings: Settings,
@@ -273,6 +330,7 @@ def generate(
     temperature: float,
     top_k: int,
     seed: int | None,
+    static: bool,
 ) -> None:
     """Continue a prompt with a trained model (exact recurrent decoding, KV cache + memory)."""
     import torch
@@ -294,7 +352,13 @@ def generate(
     tokenizer = load_tokenizer(settings.tokenizer.out_dir)
     ids = [tokenizer.bos_id, *tokenizer.encode(prompt)]
     out = lrt_generate(
-        model, ids, max_new_tokens, temperature=temperature, top_k=top_k or None, seed=seed
+        model,
+        ids,
+        max_new_tokens,
+        temperature=temperature,
+        top_k=top_k or None,
+        seed=seed,
+        static=static,
     )
     click.echo(prompt + tokenizer.decode(out[0, len(ids) :].tolist()))
 

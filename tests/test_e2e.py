@@ -230,6 +230,17 @@ def test_cli_run_end_to_end(project: Path, env: dict[str, str]) -> None:
         assert math.isfinite(metrics["val_bpb"])
     assert (out / "reports" / "report.html").is_file()
 
+    # the trained LRT continues a prompt; the static decoder gives the same greedy tokens
+    texts = []
+    for extra in ([], ["--static"]):
+        gen = [*args[:1], "generate", "--prompt", "The ", "--variant", "lrt", "--temperature",
+               "0", "--max-new-tokens", "12", *extra, *args[2:]]  # fmt: skip
+        result = subprocess.run(gen, cwd=project, env=env, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr[-4000:]
+        texts.append(result.stdout)
+    assert texts[0].startswith("The ") and len(texts[0]) > len("The \n")
+    assert texts[0] == texts[1]
+
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlruns.db'}")
