@@ -104,7 +104,8 @@ class StaticDecoder:
 
     Args:
         model: the LRT (or baseline) in the dtype it should decode in (e.g. `model.bfloat16()`
-            for bf16 decoding; no autocast is applied here, so no weight casts per step).
+            for bf16 decoding). Steps run with autocast switched off, so there are no weight
+            casts per step and a surrounding autocast region changes nothing.
         batch_size: sequences decoded in lockstep.
         max_len: tokens per sequence, prompt included (at most the model's rotary length).
         compile_backend: None (no compile) or a `torch.compile` backend ("inductor" fuses the
@@ -167,9 +168,12 @@ class StaticDecoder:
     @torch.no_grad()
     def _step_impl(self) -> Tensor:
         model = self.model
-        out = model(self.tokens, self.memory, cache=self.cache, fused_weights=self._fused)
-        self.memory.copy_(out.source[:, -1:])
-        return model.head(out.hidden)[:, -1]
+        # The model's own dtype, never autocast: autocast's cached weight casts would be freed
+        # after a captured graph was recorded, and the cache's dtype is fixed at construction.
+        with torch.autocast(self.cache.pos.device.type, enabled=False):
+            out = model(self.tokens, self.memory, cache=self.cache, fused_weights=self._fused)
+            self.memory.copy_(out.source[:, -1:])
+            return model.head(out.hidden)[:, -1]
 
     def _capture(self, warmup: int) -> None:
         """Warm up on a side stream (compiles, picks kernels, allocates), then record."""

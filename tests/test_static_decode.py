@@ -46,6 +46,16 @@ def test_static_cache_longer_than_the_sequence_changes_nothing():
     )
 
 
+def test_surrounding_autocast_changes_nothing():
+    """Steps run in the model's dtype: inside a bf16 autocast region the logits are the fp32
+    ones (an autocast step would differ at the 1e-2 level)."""
+    model = make_model("shared")
+    idx = tokens()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = static_logits(StaticDecoder(model, 2, T), idx)
+    torch.testing.assert_close(got, sequential_forward(model, idx), **TOL)
+
+
 def test_reset_reuses_the_decoder_without_leaking_old_rows():
     model = make_model("layerwise")
     dec = StaticDecoder(model, 2, T)
