@@ -127,6 +127,34 @@ def test_muon_step_by_hand():
         torch.testing.assert_close(w.detach(), ref, atol=1e-6, rtol=1e-5)
 
 
+def test_muon_step_by_hand_many_matrices():
+    """Several matrices, two of one shape (stacked for Newton-Schulz), one tall, one without a
+    gradient: each follows its own hand-computed update (multi-tensor kernels must not mix
+    them up)."""
+    torch.manual_seed(0)
+    ws = [nn.Parameter(torch.randn(s)) for s in [(8, 12), (8, 12), (24, 8), (5, 5), (8, 12)]]
+    opt = MuonAdamW([dict(kind="muon", params=ws, lr=0.05, momentum=0.9, weight_decay=0.1)])
+    bufs = [torch.zeros_like(w) for w in ws]
+    refs = [w.detach().clone() for w in ws]
+    for _ in range(3):
+        grads = [torch.randn_like(w) for w in ws]
+        for w, g in zip(ws, grads, strict=True):
+            w.grad = g.clone()
+        ws[3].grad = None  # skipped: no update, no state
+        opt.step()
+        for i, g in enumerate(grads):
+            if i == 3:
+                continue
+            bufs[i] = 0.9 * bufs[i] + 0.1 * g
+            nesterov = 0.1 * g + 0.9 * bufs[i]
+            scale = max(1.0, ws[i].shape[0] / ws[i].shape[1]) ** 0.5
+            ortho = zeropower_via_newtonschulz(nesterov)
+            refs[i] = refs[i] * (1 - 0.05 * 0.1) - 0.05 * scale * ortho
+        for w, ref in zip(ws, refs, strict=True):
+            torch.testing.assert_close(w.detach(), ref, atol=1e-6, rtol=1e-5)
+    assert ws[3] not in opt.state or not opt.state[ws[3]]
+
+
 def test_adamw_matches_torch():
     torch.manual_seed(0)
     a = nn.Parameter(torch.randn(10))
