@@ -69,6 +69,7 @@ def sizes(smoke: bool, quick_quality: bool = False) -> dict[str, Any]:
                 min_steps=6,
                 max_steps=6,
                 base_seq_check=True,
+                seeds=[0, 1],
             ),
         )
     model = dict(vocab_size=65536, depth=12, seq_len=2048)
@@ -94,6 +95,7 @@ def sizes(smoke: bool, quick_quality: bool = False) -> dict[str, Any]:
             min_steps=30,
             max_steps=2000,
             base_seq_check=True,
+            seeds=[0, 1],
         )
         if not quick_quality
         # The same experiment, smaller and shorter (fits ~2 minutes of device time).
@@ -105,6 +107,7 @@ def sizes(smoke: bool, quick_quality: bool = False) -> dict[str, Any]:
             min_steps=30,
             max_steps=2000,
             base_seq_check=False,
+            seeds=[0, 1],
         ),
     )
 
@@ -484,12 +487,12 @@ def worker_quality(part: Part, cfg: dict[str, Any], data_dir: Path, budget_s: fl
         model.train()
         return float(nats.sum()) / (math.log(2) * nbytes)
 
-    def batches():
+    def batches(seed: int):
         # Contiguous shuffled windows. Not "bestfit": every Gutenberg book is one document of
         # ~1e5 tokens, and best-fit crops each document to the row, so it would train on the
         # first T tokens of each of the ~250 books only (the first run of this script did, and
         # memorised them).
-        loader = DataLoader(data_dir / "tokens", "train", B, T, mode="contiguous", seed=0)
+        loader = DataLoader(data_dir / "tokens", "train", B, T, mode="contiguous", seed=seed)
         try:
             for x, y in loader:
                 yield x.to(dev).long(), y.to(dev).long()
@@ -497,12 +500,11 @@ def worker_quality(part: Part, cfg: dict[str, Any], data_dir: Path, budget_s: fl
             loader.close()
 
     class Trainer:
-        def __init__(self, mcfg, st, total: int) -> None:
-            torch.manual_seed(0)
-            self.model = _build(mcfg, dev, compile_model=False)
+        def __init__(self, mcfg, st, total: int, seed: int = 0) -> None:
+            self.model = _build(mcfg, dev, compile_model=False, seed=seed)
             self.opt = build_optimizer(self.model)
             self.st, self.total, self.step_i = st, total, 0
-            self.data = batches()
+            self.data = batches(seed)  # the same batches for every model of one seed
             self.losses: list[float] = []
             self.fpt = accounting.flops_per_token(mcfg, st)
 
@@ -555,31 +557,37 @@ def worker_quality(part: Part, cfg: dict[str, Any], data_dir: Path, budget_s: fl
             cal[f"{name}_seq_eval_est_s"] = (time.perf_counter() - t0) * T / 16
         del tr
     elapsed = time.perf_counter() - t_start
+    seeds = q["seeds"]
+    k = len(seeds)
     # Time left for training: budget minus evaluation (~8 % + a fixed allowance) and margin.
+    # Per seed: baseline and LRT at equal tokens; the first seed also the matched baseline.
     eval_s = (
-        2 * cal.get("base_seq_eval_est_s", 0.0)
-        + cal.get("lrt_seq_eval_est_s", 0.0)
-        + 2 * cal["base_eval_warm_s"]
-        + cal["lrt_eval_warm_s"]
+        (k + 1) * cal.get("base_seq_eval_est_s", 0.0)
+        + k * cal.get("lrt_seq_eval_est_s", 0.0)
+        + (k + 1) * cal["base_eval_warm_s"]
+        + k * cal["lrt_eval_warm_s"]
     )
     cal["eval_est_s"] = eval_s
     train_s = max(0.0, (budget_s - elapsed - eval_s) * 0.85 - 10.0)
-    per_n = cal["base"] * (1 + ratio) + cal["lrt"]  # base N + LRT N + base ratio*N
+    per_n = k * (cal["base"] + cal["lrt"]) + cal["base"] * ratio
     n = int(min(q["max_steps"], max(q["min_steps"], train_s / per_n)))
     n_matched = int(round(n * ratio))
     part.put("plan", {"calibration_step_s": cal, "steps": n, "steps_matched": n_matched,
-                      "tokens_equal": n * B * T, "tokens_matched": n_matched * B * T,
-                      "train_budget_s": train_s})  # fmt: skip
+                      "seeds": seeds, "tokens_equal": n * B * T,
+                      "tokens_matched": n_matched * B * T, "train_budget_s": train_s})  # fmt: skip
 
     curve_every = max(1, n // 5)
     results: dict[str, Any] = {}
-    for name, mcfg, st, steps in (
-        ("baseline", base_cfg, st_none, n),
-        ("lrt_interleaved2", lrt_cfg, st_lrt, n),
-        ("baseline_matched_compute", base_cfg, st_none, n_matched),
-    ):
+    plan = []  # the first seed's runs keep the names of the single-seed version
+    for j, seed in enumerate(seeds):
+        tag = "" if j == 0 else f"_seed{seed}"
+        plan += [(f"baseline{tag}", base_cfg, st_none, n, seed),
+                 (f"lrt_interleaved2{tag}", lrt_cfg, st_lrt, n, seed)]  # fmt: skip
+        if j == 0:
+            plan.append(("baseline_matched_compute", base_cfg, st_none, n_matched, seed))
+    for name, mcfg, st, steps, seed in plan:
         try:
-            tr = Trainer(mcfg, st, steps)
+            tr = Trainer(mcfg, st, steps, seed)
             curve = []
             t0 = time.perf_counter()
             for i in range(steps):
@@ -598,6 +606,7 @@ def worker_quality(part: Part, cfg: dict[str, Any], data_dir: Path, budget_s: fl
             _sync(dev)
             train_time = time.perf_counter() - t0
             r = {
+                "seed": seed,
                 "steps": steps,
                 "tokens": steps * B * T,
                 "flops": steps * B * T * tr.fpt,
@@ -639,6 +648,15 @@ def worker_quality(part: Part, cfg: dict[str, Any], data_dir: Path, budget_s: fl
             summary["lrt_sequential_minus_matched"] = (
                 lr_.get("val_bpb_sequential", math.nan) - m["val_bpb_init"]
             )
+        diffs = []  # LRT sequential - baseline at equal tokens, per seed with both runs
+        for j, seed in enumerate(seeds):
+            tag = "" if j == 0 else f"_seed{seed}"
+            b_s, l_s = results.get(f"baseline{tag}"), results.get(f"lrt_interleaved2{tag}")
+            if b_s and l_s and "val_bpb_sequential" in l_s:
+                diffs.append(l_s["val_bpb_sequential"] - b_s["val_bpb_init"])
+        summary["lrt_sequential_minus_baseline_per_seed"] = diffs
+        if diffs:
+            summary["lrt_sequential_minus_baseline_mean"] = float(np.mean(diffs))
         part.put("summary", summary)
 
 
@@ -785,7 +803,11 @@ def summarize(res: dict[str, Any]) -> str:
         )
     qs = g(s, "quality", "summary")
     if qs:
-        lines.append("quality (val BPB): " + ", ".join(f"{k}={v:.4f}" for k, v in qs.items()))
+
+        def fmt(v: Any) -> str:
+            return "[" + ", ".join(fmt(x) for x in v) + "]" if isinstance(v, list) else f"{v:.4f}"
+
+        lines.append("quality (val BPB): " + ", ".join(f"{k}={fmt(v)}" for k, v in qs.items()))
     pt = g(s, "pytest", "pytest")
     if pt:
         lines.append(f"pytest rc={pt.get('rc')}: {pt.get('tail', '').strip().splitlines()[-1:]}")

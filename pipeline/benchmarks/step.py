@@ -75,10 +75,10 @@ def _autocast(device: torch.device):
     return contextlib.nullcontext()
 
 
-def _build(cfg: LRTConfig, device: torch.device, compile_model: bool):
+def _build(cfg: LRTConfig, device: torch.device, compile_model: bool, seed: int = 0):
     from lrt.model import LRT
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     with torch.device("meta"):
         model = LRT(cfg)
     model.to_empty(device=device)
