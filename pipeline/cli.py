@@ -217,15 +217,13 @@ def tokenize(settings: Settings, part: Any, merge: bool, tokenizer_only: bool) -
             f"tokenizer vocab {stats['vocab_size']}, hash {stats['tokenizer_hash'][:12]} -> {out}"
         )
         return
-    what = (
-        f"part {part}"
-        if part is not None
-        else f"{stats.get('parts')} parts merged"
-        if merge
-        else None
-    )
+    prefix = ""
+    if part is not None:
+        prefix = f"part {part}: "
+    elif merge:
+        prefix = f"{stats.get('parts')} parts merged: "
     click.echo(
-        (f"{what}: " if what else "")
+        prefix
         + (f"vocab {stats['vocab_size']}, " if "vocab_size" in stats else "")
         + f"{stats['tokens']:,} tokens "
         f"({stats['train_tokens']:,} train / {stats['val_tokens']:,} val) -> {out}"

@@ -12,6 +12,8 @@ the defaults, the input readers (.txt / .jsonl / .jsonl.zst / .parquet) and the 
 from __future__ import annotations
 
 import codecs
+import errno
+import hashlib
 import io
 import itertools
 import json
@@ -24,10 +26,12 @@ import numpy as np
 
 from pipeline import _rust
 from pipeline._rust import ShardFormatError, TokenizerMismatchError
+from pipeline.parts import PartSpec
 
 __all__ = [
     "FORMAT_VERSION",
     "Manifest",
+    "PartSpec",
     "ShardEntry",
     "ShardFormatError",
     "ShardHeader",
@@ -186,7 +190,9 @@ def read_manifest(out_dir: str | Path) -> Manifest:
     path = root / MANIFEST_NAME
     if not path.is_file():
         raise FileNotFoundError(
-            f"{path}: no shard manifest; run `lrt-pipeline tokenize` to pack {root}"
+            errno.ENOENT,
+            f"no shard manifest; run `lrt-pipeline tokenize` to pack {root}",
+            str(path),
         )
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
@@ -270,6 +276,9 @@ def _pack(
     seed: int,
     chunk_tokens: int,
     source: dict[str, Any],
+    prefix: str = "",
+    first_document: int = 0,
+    extra: dict[str, Any] | None = None,
 ) -> Manifest:
     if compression not in ("none", "zstd"):
         raise ValueError(f"compression={compression!r} is not one of 'none', 'zstd'")
@@ -290,6 +299,8 @@ def _pack(
         compression=compression,
         val_fraction=float(val_fraction),
         seed=int(seed),
+        prefix=prefix,
+        first_document=int(first_document),
     )
     fast = _rust_tokenizer(tokenizer)
     try:
@@ -309,7 +320,7 @@ def _pack(
                     count=int(lengths.sum()),
                 )
                 packer.add_encoded(flat, lengths)
-        text = packer.finish(json.dumps(source))
+        text = packer.finish(json.dumps(source), json.dumps(extra) if extra else None)
     except BaseException:
         packer.abort()  # removes every temp shard written so far
         raise
@@ -472,6 +483,9 @@ def pack_files(
     seed: int = 0,
     chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
     val_paths: Sequence[str | Path] = (),
+    part: PartSpec | None = None,
+    file_documents: Sequence[int] | None = None,
+    inputs_id: str | None = None,
 ) -> Manifest:
     """`pack` over files: .txt (one document per file), .jsonl and .jsonl.zst (field "text"
     per line), .parquet (column "text", read with polars).
@@ -482,12 +496,37 @@ def pack_files(
     Invalid UTF-8 never fails a pack: it is decoded with replacement characters, and the
     number of affected files and replaced bytes is recorded in `manifest.source`.
 
+    With `part` (part i of n, 1-based), only the documents numbered `(i-1)*N//n .. i*N//n - 1`
+    of the whole input stream (N documents, files in the given order) are packed, into
+    `{part.prefix}{train,val}_NNNN.bin` and `{part.prefix}manifest.json` (with a `part`
+    record); each keeps its single-run document number, so its train/val draw is unchanged.
+    `file_documents` (each file's document count, e.g. from the raw manifest) lets files
+    outside the range be skipped unopened; without it every file is read once to count.
+    `inputs_id` identifies the input data for `pipeline.parts.merge_parts` (default: a hash of
+    the file names and counts). Merge the parts with `merge_parts`.
+
     Example:
         >>> m = pack_files([Path("a.txt"), Path("b.jsonl.zst")], tok, "data/tokens")  # doctest: +SKIP
         >>> m.source["invalid_utf8_bytes_replaced"]  # doctest: +SKIP
         0
     """
     stats = _Utf8Stats()
+    if part is not None:
+        return _pack_part(
+            paths,
+            tokenizer,
+            out_dir,
+            stats=stats,
+            part=part,
+            file_documents=file_documents,
+            inputs_id=inputs_id,
+            shard_tokens=shard_tokens,
+            compression=compression,
+            val_fraction=val_fraction,
+            seed=seed,
+            chunk_tokens=chunk_tokens,
+            val_paths=val_paths,
+        )
 
     val = {Path(p).resolve() for p in val_paths}
     unknown = val - {Path(p).resolve() for p in paths}
@@ -516,4 +555,88 @@ def pack_files(
         seed=seed,
         chunk_tokens=chunk_tokens,
         source=source,
+    )
+
+
+def _pack_part(
+    paths: Sequence[str | Path],
+    tokenizer: TokenizerLike,
+    out_dir: str | Path,
+    *,
+    stats: _Utf8Stats,
+    part: PartSpec,
+    file_documents: Sequence[int] | None,
+    inputs_id: str | None,
+    val_paths: Sequence[str | Path],
+    **settings: Any,
+) -> Manifest:
+    files = [Path(p) for p in paths]
+    val = {p.resolve() for p in map(Path, val_paths)}
+    unknown = val - {p.resolve() for p in files}
+    if unknown:
+        raise ValueError(f"val_paths {sorted(map(str, unknown))} are not among the input paths")
+    if file_documents is None:
+        counter = _Utf8Stats()
+        file_documents = [sum(1 for _ in _file_docs(p, counter)) for p in files]
+    counts = [int(c) for c in file_documents]
+    if len(counts) != len(files) or any(c < 0 for c in counts):
+        raise ValueError(
+            f"file_documents has {len(counts)} counts for {len(files)} files (need one "
+            "non-negative count per file)"
+        )
+    total = sum(counts)
+    start, end = part.document_range(total)
+    if inputs_id is None:
+        ident = json.dumps(
+            [[p.name, c, p.resolve() in val] for p, c in zip(files, counts, strict=True)]
+        )
+        inputs_id = hashlib.sha256(ident.encode()).hexdigest()
+
+    def file_range(path: Path, lo: int, hi: int, expected: int) -> Iterator[str]:
+        """Documents lo..hi-1 of `path` (lo skipped unencoded); fails if the file is short."""
+        read = 0
+        docs = _file_docs(path, stats)
+        try:
+            for read, doc in enumerate(docs, 1):  # noqa: B007 - `read` is used after the loop
+                if read > lo:
+                    stats.documents += 1
+                    yield doc
+                if read >= hi:
+                    return
+        finally:
+            docs.close()
+        raise ValueError(
+            f"{path}: {read} documents read, but the input's document counts say {expected}; "
+            "every part must see the same input (re-run `lrt-pipeline download`)"
+        )
+
+    def groups() -> Iterator[tuple[str | None, Iterable[str]]]:
+        offset = 0
+        for path, count in zip(files, counts, strict=True):
+            lo, hi = max(start - offset, 0), min(end - offset, count)
+            offset += count
+            if lo < hi:
+                yield ("val" if path.resolve() in val else None), file_range(path, lo, hi, count)
+        source.update(stats.as_dict())
+
+    source: dict[str, Any] = {}
+    extra = {
+        "part": {
+            "index": part.index,
+            "count": part.count,
+            "first_document": start,
+            "end_document": end,
+            "documents_total": total,
+            "inputs": inputs_id,
+        }
+    }
+    return _pack(
+        groups(),
+        tokenizer,
+        out_dir,
+        source=source,
+        prefix=part.prefix,
+        first_document=start,
+        extra=extra,
+        **settings,
     )

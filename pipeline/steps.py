@@ -20,6 +20,8 @@ Outputs (relative to the project folder, with the default settings):
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import json
 import logging
 import os
@@ -30,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import sources, tracking
+from pipeline.parts import PART_FILE, PartSpec
 from pipeline.settings import Settings, variant_settings
 from pipeline.tracking import Tracker
 
@@ -129,17 +132,42 @@ def download(settings: Settings) -> dict[str, Any]:
     return manifest
 
 
-def tokenize(settings: Settings) -> dict[str, Any]:
+def tokenize(
+    settings: Settings,
+    *,
+    part: PartSpec | None = None,
+    merge: bool = False,
+    tokenizer_only: bool = False,
+) -> dict[str, Any]:
     """Train the BPE (or load `tokenizer.pretrained`), save it, pack the raw documents into
-    shards in `tokenizer.out_dir`, and write `stats.json`; returns the stats."""
+    shards in `tokenizer.out_dir`, and write `stats.json`; returns the stats.
+
+    Across machines (at most one of the three):
+        tokenizer_only: only train/load and save `tokenizer.bpe` (+ its stats in stats.json).
+        part: pack part i of n (1-based) with the `tokenizer.bpe` already in the folder.
+        merge: check the n parts and write the final `manifest.json` (and stats.json).
+    """
+    if sum((part is not None, merge, tokenizer_only)) > 1:
+        raise ValueError("choose at most one of part, merge and tokenizer_only")
     with _stage(settings, "tokenize"):
-        stats = _tokenize(settings)
-        tracking.log_metrics({"tokenizer": stats})
         out = Path(settings.tokenizer.out_dir)
-        tracking.log_artifact(out / STATS_FILE)
-        tracking.log_artifact(out / "manifest.json")
         from pipeline.tokenizer import TOKENIZER_FILE  # lazy: the CLI starts without the extension
 
+        if tokenizer_only:
+            stats = _tokenizer_only(settings)
+        elif part is not None:
+            stats = _tokenize_part(settings, part)
+            tracking.log_metrics({"tokenizer": {k: v for k, v in stats.items() if k != "part"}})
+            tracking.log_artifact(out / part.manifest_name)
+            return stats
+        elif merge:
+            stats = _tokenize_merge(settings)
+        else:
+            stats = _tokenize(settings)
+        tracking.log_metrics({"tokenizer": stats})
+        tracking.log_artifact(out / STATS_FILE)
+        if not tokenizer_only:
+            tracking.log_artifact(out / "manifest.json")
         tracking.log_artifact(out / TOKENIZER_FILE)
     return stats
 
@@ -196,7 +224,19 @@ def run_all(settings: Settings, *, variants: Iterable[str] | None = None) -> dic
 # Tokenize
 # ---------------------------------------------------------------------------------------------
 
-_STALE = re.compile(r"^((train|val)_\d+\.bin|manifest\.json|stats\.json|tokenizer.*)$")
+_STALE = re.compile(
+    r"^((train|val)_\d+\.bin|manifest\.json|stats\.json|tokenizer.*|part\d+of\d+_.*)$"
+)
+# Stats of the tokenizer itself (not of the packed data): kept from `--tokenizer-only` to merge.
+_TOKENIZER_STATS = (
+    "vocab_size",
+    "tokenizer_hash",
+    "pretrained",
+    "train_sample_bytes",
+    "train_sample_documents",
+    "bytes_per_token",
+    "tokenizer_train_s",
+)
 
 
 def _take_bytes(docs: Iterable[str], max_bytes: int) -> list[str]:
@@ -215,15 +255,13 @@ def _take_bytes(docs: Iterable[str], max_bytes: int) -> list[str]:
     return out
 
 
-def _tokenize(settings: Settings) -> dict[str, Any]:
+def _train_tokenizer(settings: Settings) -> tuple[Any, dict[str, Any]]:
+    """The tokenizer (trained on the first training documents, or `tokenizer.pretrained`) and
+    its stats (`_TOKENIZER_STATS`)."""
+    from pipeline.tokenizer import Tokenizer
+
     tok = settings.tokenizer
     raw_dir = Path(settings.data.raw_dir)
-    raw = sources.read_raw_manifest(raw_dir)  # first: "run download" beats an import error
-
-    from pipeline.shards import pack_files
-    from pipeline.tokenizer import TOKENIZER_FILE, Tokenizer
-
-    out = Path(tok.out_dir)
     # Train the tokenizer on the training documents only (a source's own val split excluded).
     sample = _take_bytes(sources.iter_documents(raw_dir, "train"), tok.train_max_bytes)
     start = time.perf_counter()
@@ -232,14 +270,177 @@ def _tokenize(settings: Settings) -> dict[str, Any]:
     else:
         tokenizer = Tokenizer.train(sample, tok.vocab_size)
     train_s = time.perf_counter() - start
-
-    out.mkdir(parents=True, exist_ok=True)
-    for path in out.iterdir():  # a previous configuration's shards must not linger
-        if path.is_file() and _STALE.match(path.name):
-            path.unlink()
-    tokenizer.save(out / TOKENIZER_FILE)
     sample_bytes = sum(len(d.encode("utf-8")) for d in sample)
     sample_tokens = sum(len(ids) for ids in tokenizer.encode_batch(sample)) if sample else 0
+    stats = {
+        "vocab_size": tokenizer.vocab_size,
+        "tokenizer_hash": tokenizer.hash,
+        "pretrained": bool(tok.pretrained),
+        "train_sample_bytes": sample_bytes,
+        "train_sample_documents": len(sample),
+        "bytes_per_token": sample_bytes / sample_tokens if sample_tokens else None,
+        "tokenizer_train_s": train_s,
+    }
+    return tokenizer, stats
+
+
+def _remove_stale(out: Path) -> None:
+    """Removes a previous configuration's outputs (`_STALE`) from `out`."""
+    for path in out.iterdir():
+        if path.is_file() and _STALE.match(path.name):
+            path.unlink()
+
+
+def _write_stats(out: Path, stats: dict[str, Any]) -> None:
+    tmp = out / (STATS_FILE + ".tmp")
+    tmp.write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, out / STATS_FILE)
+
+
+def _tokenizer_only(settings: Settings) -> dict[str, Any]:
+    """`tokenize --tokenizer-only`: train (or load) and save `tokenizer.bpe`, nothing else.
+
+    When the folder already holds the same tokenizer (same hash) everything in it is kept, so
+    parts packed with it stay valid; a different tokenizer makes every shard, manifest and
+    part file in the folder stale, and they are removed."""
+    sources.read_raw_manifest(settings.data.raw_dir)  # "run download" first
+    from pipeline.tokenizer import TOKENIZER_FILE, Tokenizer
+
+    out = Path(settings.tokenizer.out_dir)
+    tokenizer, stats = _train_tokenizer(settings)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / TOKENIZER_FILE
+    same = path.is_file() and Tokenizer.load(path).hash == tokenizer.hash
+    if not same:
+        _remove_stale(out)
+        tokenizer.save(path)
+    if not same or not (out / STATS_FILE).is_file():
+        _write_stats(out, stats)
+    return stats
+
+
+def _part_tokenizer(settings: Settings) -> Any:
+    """The output folder's `tokenizer.bpe`, which every part and the merge must use."""
+    from pipeline.tokenizer import TOKENIZER_FILE, Tokenizer
+
+    out = Path(settings.tokenizer.out_dir)
+    path = out / TOKENIZER_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            errno.ENOENT,
+            "no tokenizer here; a part never trains its own (all parts must share one): run "
+            "`lrt-pipeline tokenize --tokenizer-only` once and copy "
+            f"{out / TOKENIZER_FILE} to every machine before `--part` / `--merge`",
+            str(path),
+        )
+    tokenizer = Tokenizer.load(path)
+    pretrained = settings.tokenizer.pretrained
+    if pretrained and Tokenizer.load(pretrained).hash != tokenizer.hash:
+        raise ValueError(
+            f"tokenizer.pretrained {pretrained} is not the tokenizer in {path} (hashes differ); "
+            "re-run `lrt-pipeline tokenize --tokenizer-only` to copy it there"
+        )
+    return tokenizer
+
+
+def _raw_inputs_id(raw: dict[str, Any]) -> str:
+    """Identifies the raw data every part must read: its files' names, hashes, counts, splits."""
+    files = [[e["name"], e.get("sha256"), e["documents"], e.get("split")] for e in raw["files"]]
+    return hashlib.sha256(json.dumps(files).encode()).hexdigest()
+
+
+def _tokenize_part(settings: Settings, part: PartSpec) -> dict[str, Any]:
+    """`tokenize --part i/n`: pack documents `(i-1)*N//n .. i*N//n - 1` with the folder's
+    tokenizer into `partIIIIofNNNN_*` files."""
+    tok = settings.tokenizer
+    raw_dir = Path(settings.data.raw_dir)
+    raw = sources.read_raw_manifest(raw_dir)
+    from pipeline.shards import MANIFEST_NAME, pack_files
+
+    tokenizer = _part_tokenizer(settings)
+    out = Path(tok.out_dir)
+    # The merged manifest is stale once a part changes; parts of another split (n) are stale.
+    (out / MANIFEST_NAME).unlink(missing_ok=True)
+    for path in out.iterdir():
+        m = PART_FILE.match(path.name)
+        if m and path.is_file() and int(m.group(2)) != part.count:
+            path.unlink()
+    start = time.perf_counter()
+    manifest = pack_files(
+        sources.raw_files(raw_dir),
+        tokenizer,
+        out,
+        shard_tokens=tok.shard_tokens,
+        compression=tok.compression,
+        val_fraction=tok.val_fraction,
+        seed=tok.seed,
+        val_paths=sources.raw_files(raw_dir, "val"),
+        part=part,
+        file_documents=[int(e["documents"]) for e in raw["files"]],
+        inputs_id=_raw_inputs_id(raw),
+    )
+    return {
+        "part": str(part),
+        "manifest": part.manifest_name,
+        **_data_stats(manifest),
+        "pack_s": time.perf_counter() - start,
+    }
+
+
+def _data_stats(manifest: Any) -> dict[str, Any]:
+    return {
+        "documents": manifest.documents,
+        "tokens": manifest.total_tokens,
+        "train_tokens": manifest.split_tokens("train"),
+        "val_tokens": manifest.split_tokens("val"),
+        "train_documents": manifest.split_documents("train"),
+        "val_documents": manifest.split_documents("val"),
+        "shards": {split: len(entries) for split, entries in manifest.splits.items()},
+    }
+
+
+def _tokenize_merge(settings: Settings) -> dict[str, Any]:
+    """`tokenize --merge`: check every part and write `manifest.json` and `stats.json`."""
+    from pipeline.parts import merge_parts
+
+    out = Path(settings.tokenizer.out_dir)
+    tokenizer = _part_tokenizer(settings)
+    manifest = merge_parts(out, tokenizer_hash=tokenizer.hash)
+    previous: dict[str, Any] = {}
+    with contextlib.suppress(OSError, ValueError):
+        previous = json.loads((out / STATS_FILE).read_text(encoding="utf-8"))
+    if previous.get("tokenizer_hash") != tokenizer.hash:
+        previous = {}  # stats of another tokenizer
+    stats = {key: previous.get(key) for key in _TOKENIZER_STATS}
+    stats.update(vocab_size=tokenizer.vocab_size, tokenizer_hash=tokenizer.hash)
+    raw = sources.read_raw_manifest(settings.data.raw_dir) if _has_raw(settings) else {}
+    stats.update(
+        _data_stats(manifest),
+        parts=manifest.source.get("parts"),
+        raw_text_bytes=raw.get("text_bytes") or None,
+    )
+    _write_stats(out, stats)
+    return stats
+
+
+def _has_raw(settings: Settings) -> bool:
+    return (Path(settings.data.raw_dir) / sources.MANIFEST).is_file()
+
+
+def _tokenize(settings: Settings) -> dict[str, Any]:
+    tok = settings.tokenizer
+    raw_dir = Path(settings.data.raw_dir)
+    raw = sources.read_raw_manifest(raw_dir)  # first: "run download" beats an import error
+
+    from pipeline.shards import pack_files
+    from pipeline.tokenizer import TOKENIZER_FILE
+
+    out = Path(tok.out_dir)
+    tokenizer, tok_stats = _train_tokenizer(settings)
+
+    out.mkdir(parents=True, exist_ok=True)
+    _remove_stale(out)  # a previous configuration's shards (and parts) must not linger
+    tokenizer.save(out / TOKENIZER_FILE)
 
     # A source's own validation files (fineweb-edu's last shard) go to val whole; the rest are
     # split by val_fraction.
@@ -256,26 +457,13 @@ def _tokenize(settings: Settings) -> dict[str, Any]:
     )
     pack_s = time.perf_counter() - start
     stats = {
-        "vocab_size": tokenizer.vocab_size,
-        "tokenizer_hash": tokenizer.hash,
-        "pretrained": bool(tok.pretrained),
-        "train_sample_bytes": sample_bytes,
-        "train_sample_documents": len(sample),
-        "bytes_per_token": sample_bytes / sample_tokens if sample_tokens else None,
-        "documents": manifest.documents,
-        "tokens": manifest.total_tokens,
-        "train_tokens": manifest.split_tokens("train"),
-        "val_tokens": manifest.split_tokens("val"),
-        "train_documents": manifest.split_documents("train"),
-        "val_documents": manifest.split_documents("val"),
-        "shards": {split: len(entries) for split, entries in manifest.splits.items()},
+        **{k: v for k, v in tok_stats.items() if k != "tokenizer_train_s"},
+        **_data_stats(manifest),
         "raw_text_bytes": raw.get("text_bytes") or None,
-        "tokenizer_train_s": train_s,
+        "tokenizer_train_s": tok_stats["tokenizer_train_s"],
         "pack_s": pack_s,
     }
-    tmp = out / (STATS_FILE + ".tmp")
-    tmp.write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, out / STATS_FILE)
+    _write_stats(out, stats)
     return stats
 
 

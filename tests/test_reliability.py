@@ -537,3 +537,65 @@ def test_two_processes_write_one_mlflow_sqlite_store(tmp_path: Path, fresh: bool
     (experiment,) = [e for e in client.search_experiments() if e.name == "lrt"]
     runs = client.search_runs([experiment.experiment_id])
     assert sorted(r.data.params.get("variant") for r in runs if r.data.params) == ["v0", "v1"]
+
+
+# =============================================================================================
+# OSError fields from the Rust extension (errno, strerror, filename)
+# =============================================================================================
+
+
+def test_io_errors_carry_errno_strerror_and_filename(tmp_path: Path, real_tok: Tokenizer):
+    """A missing shard, manifest or tokenizer file is FileNotFoundError with errno ENOENT, the
+    path as `filename` and the OS text in `strerror`, as Python's own open() reports it; the
+    message still names the file (and says what to do where it did before)."""
+    import errno
+
+    from pipeline.loader import DataLoader
+
+    m = pack(["one doc", "another doc"], real_tok, tmp_path / "tokens", val_fraction=0.0)
+    shard = m.splits["train"][0].path
+    shard.unlink()
+    cases = [
+        (lambda: read_shard(shard), shard, "open"),
+        (lambda: DataLoader(tmp_path / "tokens", "train", 1, 4), shard, "open"),
+        (lambda: read_manifest(tmp_path / "nowhere"), tmp_path / "nowhere" / "manifest.json",
+         "lrt-pipeline tokenize"),
+        (lambda: Tokenizer.load(tmp_path / "absent.bpe"), tmp_path / "absent.bpe",
+         "Tokenizer.save()"),
+    ]  # fmt: skip
+    for call, path, says in cases:
+        with pytest.raises(FileNotFoundError) as info:
+            call()
+        e = info.value
+        assert e.errno == errno.ENOENT, (e, e.errno)
+        assert e.filename == str(path), (e, e.filename)
+        assert isinstance(e.strerror, str) and e.strerror, e
+        assert str(path) in str(e) and says in str(e), str(e)
+    # The OS text comes from the OS, not from a hard-coded string.
+    with pytest.raises(FileNotFoundError) as info:
+        read_shard(shard)
+    assert info.value.strerror.startswith(os.strerror(errno.ENOENT)), info.value.strerror
+
+
+@pytest.mark.skipif(
+    hasattr(os, "geteuid") and os.geteuid() == 0,
+    reason="running as root: permission bits do not stop root, so EACCES cannot happen",
+)
+def test_unreadable_files_are_permission_error_with_eacces(tmp_path: Path, real_tok: Tokenizer):
+    import errno
+
+    m = pack(["one doc", "another doc"], real_tok, tmp_path / "tokens", val_fraction=0.0)
+    shard = m.splits["train"][0].path
+    tok_file = tmp_path / "tok.bpe"
+    real_tok.save(tok_file)
+    for path, call in (
+        (shard, lambda: read_shard(shard)),
+        (tok_file, lambda: Tokenizer.load(tok_file)),
+    ):
+        path.chmod(0)
+        try:
+            with pytest.raises(PermissionError) as info:
+                call()
+        finally:
+            path.chmod(0o600)
+        assert info.value.errno == errno.EACCES and info.value.filename == str(path), info.value

@@ -13,22 +13,20 @@ use lrt_data::{
     Sampler, Shard, SlotPtr, TokenDtype,
 };
 use numpy::{PyArray1, PyReadonlyArray1};
-use pyo3::exceptions::{PyFileNotFoundError, PyOSError, PyPermissionError, PyValueError};
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
-use crate::errors::{ShardFormatError, TokenizerMismatchError};
+use crate::errors::{io_to_py, ShardFormatError, TokenizerMismatchError};
 use crate::tokenizer::PyTokenizer;
 
 /// The one mapping from `DataError` to a Python exception.
 fn to_py(e: DataError) -> PyErr {
     let msg = e.to_string();
     match &e {
-        DataError::Io { source, .. } => match source.kind() {
-            std::io::ErrorKind::NotFound => PyFileNotFoundError::new_err(msg),
-            std::io::ErrorKind::PermissionDenied => PyPermissionError::new_err(msg),
-            _ => PyOSError::new_err(msg),
-        },
+        DataError::Io { op, path, source } => {
+            io_to_py(source, Some(path.as_path()), Some(op), None)
+        }
         DataError::Format { .. } => ShardFormatError::new_err(msg),
         DataError::TokenizerMismatch { .. } => TokenizerMismatchError::new_err(msg),
         DataError::Invalid(_) => PyValueError::new_err(msg),
@@ -117,7 +115,8 @@ impl PyPacker {
 impl PyPacker {
     #[new]
     #[pyo3(signature = (out_dir, *, vocab_size, bos_id, tokenizer_hash, shard_tokens, chunk_tokens,
-                        compression, val_fraction, seed))]
+                        compression, val_fraction, seed, prefix=String::new(),
+                        first_document=0))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         out_dir: PathBuf,
@@ -129,6 +128,8 @@ impl PyPacker {
         compression: &str,
         val_fraction: f64,
         seed: u64,
+        prefix: String,
+        first_document: u64,
     ) -> PyResult<Self> {
         let mut cfg = PackConfig::new(vocab_size, bos_id, hash32(tokenizer_hash)?);
         cfg.shard_tokens = shard_tokens;
@@ -136,6 +137,8 @@ impl PyPacker {
         cfg.compression = Compression::parse(compression).map_err(to_py)?;
         cfg.val_fraction = val_fraction;
         cfg.seed = seed;
+        cfg.prefix = prefix;
+        cfg.first_document = first_document;
         Ok(PyPacker {
             inner: Some(Packer::new(&out_dir, cfg).map_err(to_py)?),
         })
@@ -193,8 +196,18 @@ impl PyPacker {
     }
 
     /// Flushes, renames shards into place, writes the manifest (with `source`, a JSON object
-    /// string of input statistics) and returns the manifest as a JSON string.
-    fn finish(&mut self, py: Python<'_>, source_json: &str) -> PyResult<String> {
+    /// string of input statistics, and the top-level fields of `extra_json`, a JSON object
+    /// string) and returns the manifest as a JSON string.
+    #[pyo3(signature = (source_json, extra_json=None))]
+    fn finish(
+        &mut self,
+        py: Python<'_>,
+        source_json: &str,
+        extra_json: Option<&str>,
+    ) -> PyResult<String> {
+        if let Some(extra) = extra_json {
+            self.get()?.set_manifest_extra_json(extra).map_err(to_py)?;
+        }
         let packer = self
             .inner
             .take()

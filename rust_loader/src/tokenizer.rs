@@ -9,24 +9,19 @@ use std::sync::{Arc, OnceLock};
 
 use lrt_bpe::{BpeError, ChunkCounter, Tokenizer};
 use numpy::{IntoPyArray, PyArray1};
-use pyo3::exceptions::{PyFileNotFoundError, PyOSError, PyPermissionError, PyValueError};
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyInt, PyList, PyString};
 
-use crate::errors::TokenizerFormatError;
+use crate::errors::{io_to_py, TokenizerFormatError};
 
 /// Map a `BpeError` to the matching Python exception.
 pub fn to_py_err(e: BpeError) -> PyErr {
     match e {
         BpeError::Io { path, source } => {
-            let msg = format!("{}: {source}", path.display());
-            match source.kind() {
-                std::io::ErrorKind::NotFound => PyFileNotFoundError::new_err(format!(
-                    "{msg}; check the path (a tokenizer is written by Tokenizer.save())"
-                )),
-                std::io::ErrorKind::PermissionDenied => PyPermissionError::new_err(msg),
-                _ => PyOSError::new_err(msg),
-            }
+            let hint = (source.kind() == std::io::ErrorKind::NotFound)
+                .then_some("check the path (a tokenizer is written by Tokenizer.save())");
+            io_to_py(&source, Some(&path), None, hint)
         }
         e @ BpeError::Format { .. } => TokenizerFormatError::new_err(e.to_string()),
         BpeError::InvalidValue(msg) => PyValueError::new_err(msg),

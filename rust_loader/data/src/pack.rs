@@ -11,6 +11,10 @@
 //! * Shards are written as `name.bin.tmp` (fsynced) and only renamed into place by `finish`,
 //!   followed by the manifest (temp + rename). Dropping a `Packer` without `finish` (an error
 //!   anywhere) removes every temp it wrote, so an output folder never holds half a corpus.
+//! * One part of a multi-machine pack (`lrt-pipeline tokenize --part i/n`) sets `prefix`, so
+//!   its files (`{prefix}train_0000.bin`, ..., `{prefix}manifest.json`) cannot collide with
+//!   another part's, and `first_document`, the stream number of its first document, so every
+//!   document gets the same train/val draw as in a single run.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -39,6 +43,12 @@ pub struct PackConfig {
     pub compression: Compression,
     pub val_fraction: f64,
     pub seed: u64,
+    /// Prefix of every file name written (shards and manifest); "" for a single-run pack.
+    /// ASCII letters, digits, `_`, `-` and `.` only.
+    pub prefix: String,
+    /// Number, in the whole input stream, of the first document added (0 for a single run):
+    /// document `first_document + k` gets the split draw `u(seed, first_document + k)`.
+    pub first_document: u64,
 }
 
 impl PackConfig {
@@ -52,7 +62,14 @@ impl PackConfig {
             compression: Compression::None,
             val_fraction: 0.01,
             seed: 0,
+            prefix: String::new(),
+            first_document: 0,
         }
+    }
+
+    /// `{prefix}manifest.json`.
+    pub fn manifest_name(&self) -> String {
+        format!("{}{MANIFEST}", self.prefix)
     }
 
     fn validate(&self) -> Result<()> {
@@ -70,6 +87,14 @@ impl PackConfig {
             return inv(format!(
                 "chunk_tokens {} must be a positive multiple of 4",
                 self.chunk_tokens
+            ));
+        }
+        let plain = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.');
+        if !self.prefix.bytes().all(plain) || self.prefix.starts_with('.') {
+            return inv(format!(
+                "file prefix {:?} may hold only ASCII letters, digits, '_', '-' and '.' \
+                 (and may not start with '.')",
+                self.prefix
             ));
         }
         if !(0.0..1.0).contains(&self.val_fraction) {
@@ -132,7 +157,27 @@ pub struct Packer {
     /// `Some(0 | 1)`: documents go to train / val regardless of `val_fraction` (a source with
     /// its own validation files); `None`: the seeded per-document draw.
     forced_split: Option<usize>,
+    /// Extra top-level manifest fields (e.g. a part's `part` record).
+    extra: serde_json::Map<String, Value>,
 }
+
+/// The top-level keys every manifest has; `set_manifest_extra` may not replace them.
+const MANIFEST_KEYS: [&str; 14] = [
+    "format",
+    "format_version",
+    "tokenizer_hash",
+    "vocab_size",
+    "bos_id",
+    "token_dtype",
+    "compression",
+    "shard_tokens",
+    "chunk_tokens",
+    "val_fraction",
+    "seed",
+    "splits",
+    "totals",
+    "source",
+];
 
 impl Packer {
     pub fn new(out_dir: &Path, cfg: PackConfig) -> Result<Self> {
@@ -155,7 +200,32 @@ impl Packer {
             temps: Vec::new(),
             finished: false,
             forced_split: None,
+            extra: serde_json::Map::new(),
         })
+    }
+
+    /// Adds top-level fields to the manifest `finish` writes (a JSON object; its keys must not
+    /// be among the standard ones).
+    pub fn set_manifest_extra(&mut self, extra: Value) -> Result<()> {
+        let Value::Object(map) = extra else {
+            return Err(DataError::Invalid(
+                "extra manifest fields must be a JSON object".into(),
+            ));
+        };
+        if let Some(k) = map.keys().find(|k| MANIFEST_KEYS.contains(&k.as_str())) {
+            return Err(DataError::Invalid(format!(
+                "extra manifest field {k:?} would replace a standard one"
+            )));
+        }
+        self.extra = map;
+        Ok(())
+    }
+
+    /// `set_manifest_extra` from JSON text (for bindings).
+    pub fn set_manifest_extra_json(&mut self, text: &str) -> Result<()> {
+        let extra = serde_json::from_str(text)
+            .map_err(|e| DataError::Invalid(format!("extra manifest fields are not JSON: {e}")))?;
+        self.set_manifest_extra(extra)
     }
 
     /// Sends the documents added from now on to `Some(Split::Train | Split::Val)`, or back to
@@ -183,7 +253,7 @@ impl Packer {
         F: Fn(&str) -> std::result::Result<Vec<u32>, E> + Sync,
         E: std::fmt::Display + Send,
     {
-        let first = self.docs_in;
+        let first = self.cfg.first_document + self.docs_in;
         let encoded: Vec<Vec<u32>> = docs
             .par_iter()
             .enumerate()
@@ -202,7 +272,7 @@ impl Packer {
     /// Appends already-encoded documents (ordinary tokens, no BOS: the packer adds it).
     pub fn add_encoded<'a>(&mut self, docs: impl IntoIterator<Item = &'a [u32]>) -> Result<()> {
         for doc in docs {
-            let index = self.docs_in;
+            let index = self.cfg.first_document + self.docs_in;
             self.docs_in += 1;
             if doc.is_empty() {
                 self.empty_docs += 1;
@@ -234,7 +304,7 @@ impl Packer {
     fn flush(&mut self, s: usize, n: usize) -> Result<()> {
         let w = &mut self.splits[s];
         let k = w.starts.partition_point(|&x| (x as usize) < n);
-        let name = format!("{}_{:04}.bin", SPLITS[s], w.shards.len());
+        let name = format!("{}{}_{:04}.bin", self.cfg.prefix, SPLITS[s], w.shards.len());
         let tmp = tmp_path(&self.out_dir.join(&name));
         let bytes = encode_shard(&self.meta, &w.cur[..n], &w.starts[..k])?;
         self.temps.push(tmp.clone());
@@ -283,8 +353,9 @@ impl Packer {
         self.remove_stale(&keep);
         let manifest = self.manifest(source);
         let text = serde_json::to_string_pretty(&manifest).expect("json");
-        write_atomic(&self.out_dir.join(MANIFEST), text.as_bytes())?;
-        sync_dir(&self.out_dir.join(MANIFEST));
+        let path = self.out_dir.join(self.cfg.manifest_name());
+        write_atomic(&path, text.as_bytes())?;
+        sync_dir(&path);
         self.finished = true;
         Ok(manifest)
     }
@@ -298,7 +369,8 @@ impl Packer {
 
     /// Shards of an earlier, larger pack in the same folder would otherwise linger, and so would
     /// the `name.bin.tmp` files of a pack killed with SIGKILL (which no destructor cleans up).
-    /// Runs after every temp of this pack was renamed, so any shard temp left is stale.
+    /// Runs after every temp of this pack was renamed, so any shard temp left is stale. Only
+    /// names with this pack's prefix are touched (other parts' shards stay).
     fn remove_stale(&self, keep: &[String]) {
         let Ok(entries) = fs::read_dir(&self.out_dir) else {
             return;
@@ -306,7 +378,8 @@ impl Packer {
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             let ours = SPLITS.iter().any(|s| {
-                name.strip_prefix(s)
+                name.strip_prefix(self.cfg.prefix.as_str())
+                    .and_then(|r| r.strip_prefix(s))
                     .and_then(|r| r.strip_prefix('_'))
                     .and_then(|r| r.strip_suffix(".tmp").unwrap_or(r).strip_suffix(".bin"))
                     .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
@@ -329,7 +402,7 @@ impl Packer {
         };
         let totals = |w: &SplitWriter| json!({"tokens": w.tokens, "documents": w.documents, "shards": w.shards.len()});
         let [train, val] = &self.splits;
-        json!({
+        let mut m = json!({
             "format": "lrt-token-shards",
             "format_version": FORMAT_VERSION,
             "tokenizer_hash": hex(&self.cfg.tokenizer_hash),
@@ -351,7 +424,12 @@ impl Packer {
                 "val": totals(val),
             },
             "source": source,
-        })
+        });
+        let obj = m.as_object_mut().expect("object");
+        for (k, v) in &self.extra {
+            obj.insert(k.clone(), v.clone());
+        }
+        m
     }
 }
 

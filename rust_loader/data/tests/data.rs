@@ -330,3 +330,66 @@ proptest! {
         prop_assert!(msg.contains("p.bin"), "{}", msg);
     }
 }
+
+/// Packing a stream in two prefixed parts (the second starting at its stream number) gives
+/// every document the split of a single run, and neither part touches the other's files.
+#[test]
+fn parts_with_prefix_and_first_document_match_one_run() {
+    let docs: Vec<String> = (0..60)
+        .map(|i| format!("doc {i} {}", "z".repeat(i % 7)))
+        .collect();
+    let split_of = |dir: &Path, prefix: &str, range: std::ops::Range<usize>| {
+        let mut cfg = PackConfig::new(257, BOS, [1; 32]);
+        cfg.val_fraction = 0.3;
+        cfg.shard_tokens = 64;
+        cfg.prefix = prefix.to_string();
+        cfg.first_document = range.start as u64;
+        let mut p = Packer::new(dir, cfg).unwrap();
+        p.set_manifest_extra(serde_json::json!({"part": {"prefix": prefix}}))
+            .unwrap();
+        p.add_documents(&docs[range], &byte_encoder).unwrap();
+        let m = p.finish(serde_json::json!({})).unwrap();
+        let tokens = |split: &str| -> Vec<u32> {
+            m["splits"][split]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|e| {
+                    let f = e["file"].as_str().unwrap();
+                    assert!(f.starts_with(prefix), "{f}");
+                    Shard::open(&dir.join(f)).unwrap().tokens_u32().unwrap()
+                })
+                .collect()
+        };
+        assert_eq!(m["part"]["prefix"], prefix);
+        (tokens("train"), tokens("val"))
+    };
+    let one = tempfile::tempdir().unwrap();
+    let (train, val) = split_of(one.path(), "", 0..60);
+    assert!(!train.is_empty() && !val.is_empty());
+    let parts = tempfile::tempdir().unwrap();
+    let (t1, v1) = split_of(parts.path(), "p1_", 0..25);
+    let (t2, v2) = split_of(parts.path(), "p2_", 25..60);
+    assert_eq!([t1, t2].concat(), train);
+    assert_eq!([v1, v2].concat(), val);
+    let names: Vec<String> = std::fs::read_dir(parts.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.contains(&"p1_manifest.json".to_string()), "{names:?}");
+    assert!(
+        names.contains(&"p1_train_0000.bin".to_string()),
+        "{names:?}"
+    );
+    assert!(names
+        .iter()
+        .all(|n| n.starts_with("p1_") || n.starts_with("p2_")));
+
+    let mut bad = PackConfig::new(257, BOS, [1; 32]);
+    bad.prefix = "../x".into();
+    assert!(Packer::new(parts.path(), bad).is_err());
+    let mut p = Packer::new(parts.path(), PackConfig::new(257, BOS, [1; 32])).unwrap();
+    assert!(p
+        .set_manifest_extra(serde_json::json!({"totals": 1}))
+        .is_err());
+}
