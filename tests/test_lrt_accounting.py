@@ -236,6 +236,7 @@ def test_step_benchmark_smoke(tmp_path, interleave):
     out = tmp_path / "step.json"
     argv = "--depth 1 --n-embd 32 --n-head 2 --vocab-size 64 --seq-len 16 --batch-size 2 --steps 1"
     argv += " --warmup 0 --decode-tokens 2 --decode-batches 1 --decode-rounds 1 --device cpu"
+    argv += " --decode-modes eager static"
     argv += " --interleave" if interleave else " --no-interleave"
     result = main([*argv.split(), "--out", str(out)])
     assert json.loads(out.read_text()) == json.loads(json.dumps(result))
@@ -244,3 +245,4 @@ def test_step_benchmark_smoke(tmp_path, interleave):
     assert set(result["train"]) == (runs if interleave else runs | {"baseline_again"})
     assert result["train"]["interleaved:2"]["rel_flops"] > 1.9
     assert result["decode"]["batch_1"]["lrt_rel_throughput"] > 0
+    assert result["decode"]["static/batch_1"]["lrt"]["mode"] == "static"

@@ -311,6 +311,7 @@ def run(
     decode_tokens: int = 32,
     decode_batches: Sequence[int] = (1, 32),
     decode_rounds: int = 3,
+    decode_modes: Sequence[str] = ("eager",),
     interleave: bool | None = None,
     verbose: bool = True,
 ) -> dict[str, Any]:
@@ -325,6 +326,8 @@ def run(
         pathway: the LRT variant ("shared" or "layerwise").
         decode_tokens, decode_batches, decode_rounds: decoding length, batch sizes, and
             alternating baseline/LRT rounds (best round kept).
+        decode_modes: decoders to time (`DECODE_MODES`; "graph" and "compiled_graph" need
+            CUDA). Rows are keyed "batch_B" for eager and "MODE/batch_B" for the others.
         interleave: time all training runs round-robin in one process (robust to load on shared
             CPUs, no memory figures); None -> on CPU only. Otherwise one model at a time.
 
@@ -394,22 +397,25 @@ def run(
             r["rel_step_time"] = r["step_ms"] / ref_ms
             r["rel_flops"] = r["flops_per_token"] / ref_flops
 
-    for b in decode_batches:
-        row: dict[str, Any] = {}
-        # Alternate baseline / LRT and keep each one's best round: decoding at small sizes is
-        # short and noisy, and alternation spreads machine-load drift over both.
-        for _ in range(decode_rounds):
-            for name, cfg in (("baseline", base_cfg), ("lrt", lrt_cfg)):
-                try:
-                    r = time_decode(cfg, dev, batch_size=b, tokens=decode_tokens)
-                except Exception as exc:  # noqa: BLE001
-                    result["errors"][f"decode/{name}/batch_{b}"] = _describe(exc)
-                    continue
-                if name not in row or r["tokens_per_s"] > row[name]["tokens_per_s"]:
-                    row[name] = r
-        if "baseline" in row and "lrt" in row:
-            row["lrt_rel_throughput"] = row["lrt"]["tokens_per_s"] / row["baseline"]["tokens_per_s"]
-        result["decode"][f"batch_{b}"] = row
+    for mode in decode_modes:
+        for b in decode_batches:
+            key = f"batch_{b}" if mode == "eager" else f"{mode}/batch_{b}"
+            row: dict[str, Any] = {}
+            # Alternate baseline / LRT and keep each one's best round: decoding at small sizes
+            # is short and noisy, and alternation spreads machine-load drift over both.
+            for _ in range(decode_rounds):
+                for name, cfg in (("baseline", base_cfg), ("lrt", lrt_cfg)):
+                    try:
+                        r = time_decode(cfg, dev, batch_size=b, tokens=decode_tokens, mode=mode)
+                    except Exception as exc:  # noqa: BLE001
+                        result["errors"][f"decode/{name}/{key}"] = _describe(exc)
+                        continue
+                    if name not in row or r["tokens_per_s"] > row[name]["tokens_per_s"]:
+                        row[name] = r
+            if "baseline" in row and "lrt" in row:
+                rel = row["lrt"]["tokens_per_s"] / row["baseline"]["tokens_per_s"]
+                row["lrt_rel_throughput"] = rel
+            result["decode"][key] = row
     if verbose:
         print(format_table(result))
     return result
@@ -441,11 +447,11 @@ def format_table(result: dict[str, Any]) -> str:
         if cuda:
             line += f"{100 * r['mfu']:>6.1f}%{r['peak_mem_gb']:>8.2f}"
         lines.append(line)
-    lines += ["", f"{'decode':<16}{'base tok/s':>12}{'LRT tok/s':>12}{'LRT/base':>10}"]
+    lines += ["", f"{'decode':<24}{'base tok/s':>12}{'LRT tok/s':>12}{'LRT/base':>10}"]
     for key, row in result["decode"].items():
         if "lrt_rel_throughput" in row:
             lines.append(
-                f"{key:<16}{row['baseline']['tokens_per_s']:>12.1f}"
+                f"{key:<24}{row['baseline']['tokens_per_s']:>12.1f}"
                 f"{row['lrt']['tokens_per_s']:>12.1f}{row['lrt_rel_throughput']:>10.3f}"
             )
     for key, err in result["errors"].items():
@@ -476,6 +482,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--decode-tokens", type=int, default=32)
     p.add_argument("--decode-batches", type=int, nargs="+", default=[1, 32])
     p.add_argument("--decode-rounds", type=int, default=3)
+    p.add_argument("--decode-modes", nargs="+", default=["eager"], choices=DECODE_MODES)
     p.add_argument("--out", type=Path, default=None, help="write the result JSON here")
     a = p.parse_args(argv)
     result = run(
@@ -494,6 +501,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         decode_tokens=a.decode_tokens,
         decode_batches=a.decode_batches,
         decode_rounds=a.decode_rounds,
+        decode_modes=a.decode_modes,
         interleave=a.interleave,
     )
     if a.out is not None:
