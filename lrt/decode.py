@@ -155,14 +155,30 @@ def sequential_forward(model: LRT, idx: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def sequential_losses(model: LRT, idx: Tensor, targets: Tensor) -> Tensor:
+def sequential_losses(model: LRT, idx: Tensor, targets: Tensor, *, static: bool = False) -> Tensor:
     """Exact recurrent per-position losses (B, T) in nats (0 where targets == -1), computed
-    step by step so only (B, V) logits exist at a time."""
+    step by step so only (B, V) logits exist at a time.
+
+    static=True steps a `lrt.static_decode.StaticDecoder` instead (one CUDA graph replay per
+    position on CUDA), under the surrounding autocast dtype if autocast is on, so the numbers
+    match the eager path up to kernel rounding.
+    """
     b, t = idx.shape
-    state = new_state(model, b, t)
+    if static:
+        from lrt.static_decode import StaticDecoder
+
+        dev = idx.device.type
+        amp = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
+        step = StaticDecoder(model, b, t, autocast_dtype=amp).step
+    else:
+        state = new_state(model, b, t)
+
+        def step(tokens: Tensor) -> Tensor:
+            return decode_step(model, state, tokens)
+
     out = torch.empty(b, t, device=idx.device, dtype=torch.float32)
     for i in range(t):
-        logits = decode_step(model, state, idx[:, i])
+        logits = step(idx[:, i])
         out[:, i] = F.cross_entropy(logits, targets[:, i], ignore_index=-1, reduction="none")
     return out
 

@@ -104,8 +104,8 @@ class StaticDecoder:
 
     Args:
         model: the LRT (or baseline) in the dtype it should decode in (e.g. `model.bfloat16()`
-            for bf16 decoding). Steps run with autocast switched off, so there are no weight
-            casts per step and a surrounding autocast region changes nothing.
+            for bf16 decoding). A surrounding autocast region changes nothing: steps set their
+            own (see `autocast_dtype`).
         batch_size: sequences decoded in lockstep.
         max_len: tokens per sequence, prompt included (at most the model's rotary length).
         compile_backend: None (no compile) or a `torch.compile` backend ("inductor" fuses the
@@ -115,6 +115,10 @@ class StaticDecoder:
         fuse: project q, k, v and the pathway gate with one matmul per layer from stacked
             weights (`LRT.fused_projection_weights`): fewer, larger kernels. The stack is a
             copy of the weights; `reset()` refreshes it if the model's weights changed since.
+        autocast_dtype: None (default) runs steps in the model's dtype with autocast off (no
+            weight casts per step); e.g. torch.bfloat16 runs them under autocast like mixed-
+            precision training and evaluation do (cache in that dtype; the cast cache is
+            off, so a captured graph casts the weights itself and holds no freed casts).
 
     `step(tokens)` feeds one token per sequence and returns next-token logits (B, V) float32;
     `prefill(prompt)` feeds a (B, T0) prompt exactly; `reset()` starts new sequences (reusing
@@ -130,6 +134,7 @@ class StaticDecoder:
         compile_backend: str | None = None,
         cuda_graph: bool | None = None,
         fuse: bool = True,
+        autocast_dtype: torch.dtype | None = None,
         warmup: int = 2,
     ) -> None:
         cfg = model.config
@@ -145,10 +150,12 @@ class StaticDecoder:
             raise ValueError(f"cuda_graph=True needs a model on CUDA, not {device}")
         self.model = model
         self.batch_size, self.max_len = batch_size, max_len
+        self.autocast_dtype = autocast_dtype
         dtype = model.wte.weight.dtype
         self.cache = StaticKVCache(
-            cfg.n_layer, batch_size, cfg.n_head, cfg.head_dim, max_len, device, dtype
-        )
+            cfg.n_layer, batch_size, cfg.n_head, cfg.head_dim, max_len, device,
+            autocast_dtype or dtype,
+        )  # fmt: skip
         self.tokens = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
         self.memory = torch.zeros(batch_size, 1, cfg.n_embd, device=device, dtype=dtype)
         self.n = 0  # tokens fed so far (host-side mirror of cache.pos)
@@ -168,9 +175,13 @@ class StaticDecoder:
     @torch.no_grad()
     def _step_impl(self) -> Tensor:
         model = self.model
-        # The model's own dtype, never autocast: autocast's cached weight casts would be freed
-        # after a captured graph was recorded, and the cache's dtype is fixed at construction.
-        with torch.autocast(self.cache.pos.device.type, enabled=False):
+        # Autocast as asked at construction, whatever surrounds the call (the cache's dtype is
+        # fixed), and never its cast cache: cached weight casts would be freed after a captured
+        # graph was recorded.
+        dt = self.autocast_dtype
+        with torch.autocast(
+            self.cache.pos.device.type, dtype=dt, enabled=dt is not None, cache_enabled=False
+        ):
             out = model(self.tokens, self.memory, cache=self.cache, fused_weights=self._fused)
             self.memory.copy_(out.source[:, -1:])
             return model.head(out.hidden)[:, -1]

@@ -14,7 +14,7 @@ from lrt_helpers import T, make_model, tokens
 from torch._dynamo.utils import counters
 
 from lrt import StrategyConfig
-from lrt.decode import generate, sequential_forward
+from lrt.decode import generate, sequential_forward, sequential_losses
 from lrt.static_decode import StaticDecoder
 
 torch.set_num_threads(1)
@@ -54,6 +54,33 @@ def test_surrounding_autocast_changes_nothing():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         got = static_logits(StaticDecoder(model, 2, T), idx)
     torch.testing.assert_close(got, sequential_forward(model, idx), **TOL)
+
+
+@pytest.mark.parametrize("pathway", PATHWAYS)
+def test_sequential_losses_static_equals_eager(pathway):
+    model = make_model(pathway)
+    idx = tokens(b=3)
+    tgt = idx.roll(-1, 1)
+    tgt[1, 5] = -1  # ignored target: 0 in both
+    eager = sequential_losses(model, idx, tgt)
+    torch.testing.assert_close(sequential_losses(model, idx, tgt, static=True), eager, **TOL)
+    assert eager[1, 5] == 0
+
+
+def test_sequential_losses_static_follows_surrounding_autocast():
+    """Inside bf16 autocast the static path decodes under bf16 autocast too (its cache is
+    bf16), so it agrees with eager autocast decoding up to bf16 rounding of differently
+    blocked attention (masked rows), far closer than either is to the fp32 losses' scale."""
+    model = make_model("shared")
+    idx = tokens(b=4)
+    tgt = idx.roll(-1, 1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        eager = sequential_losses(model, idx, tgt)
+        static = sequential_losses(model, idx, tgt, static=True)
+        dec = StaticDecoder(model, 1, 4, autocast_dtype=torch.bfloat16)
+    assert dec.cache.k[0].dtype == torch.bfloat16
+    assert (static - eager).abs().mean() < 0.02
+    assert abs(float(static.mean() - eager.mean())) < 0.01
 
 
 def test_reset_reuses_the_decoder_without_leaking_old_rows():
@@ -134,6 +161,22 @@ def test_bad_use_is_refused_with_a_clear_error():
         dec.prefill(tokens(t=2))
     with pytest.raises(ValueError, match="approximate_prefill"):
         generate(model, [1, 2], 2, static=True, approximate_prefill=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_sequential_losses_under_bf16_autocast():
+    model = make_model("shared").cuda()
+    idx = tokens(b=4).cuda()
+    tgt = idx.roll(-1, 1)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        eager = sequential_losses(model, idx, tgt)
+        static = sequential_losses(model, idx, tgt, static=True)
+    assert (static - eager).abs().mean() < 0.02
+    torch.testing.assert_close(
+        sequential_losses(model, idx, tgt, static=True), sequential_losses(model, idx, tgt),
+        rtol=1e-4, atol=1e-4,
+    )  # fmt: skip
 
 
 @pytest.mark.gpu

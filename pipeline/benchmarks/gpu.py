@@ -446,6 +446,7 @@ def worker_quality(part: Part, cfg: dict[str, Any], data_dir: Path, budget_s: fl
             "model": base_cfg.to_dict(),
             "pathway": "shared",
             "strategy": "interleaved S=2",
+            "sequential_decoder": "static, CUDA graph" if dev.type == "cuda" else "eager",
             "batch_size": B,
             "flops_per_token_base": accounting.flops_per_token(base_cfg),
             "flops_per_token_lrt": accounting.flops_per_token(lrt_cfg, st_lrt),
@@ -478,10 +479,10 @@ def worker_quality(part: Part, cfg: dict[str, Any], data_dir: Path, budget_s: fl
         nbytes = float(byte_len[t.clamp(min=0)].masked_fill(t < 0, 0).sum())
         model.eval()
         with torch.no_grad(), _autocast(dev):
-            if mode == "sequential":
+            if mode == "sequential":  # static decoder: one CUDA graph replay per position
                 from lrt.decode import sequential_losses
 
-                nats = sequential_losses(model, i, t)
+                nats = sequential_losses(model, i, t, static=dev.type == "cuda")
             else:
                 nats = model.token_losses(i, t, mode, strategy)
         model.train()
@@ -552,7 +553,7 @@ def worker_quality(part: Part, cfg: dict[str, Any], data_dir: Path, budget_s: fl
             _sync(dev)
             t0 = time.perf_counter()
             with torch.no_grad(), _autocast(dev):
-                sequential_losses(tr.model, i_[:, :16], t_[:, :16])
+                sequential_losses(tr.model, i_[:, :16], t_[:, :16], static=dev.type == "cuda")
             _sync(dev)
             cal[f"{name}_seq_eval_est_s"] = (time.perf_counter() - t0) * T / 16
         del tr
