@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from lrt.attention import attention_mask, causal_attention, masked_attention
 from lrt.config import LRTConfig, StrategyConfig
-from lrt.recurrence import LatentPathway, gate_activation
+from lrt.recurrence import GATE_SCALE, LatentPathway
 
 if TYPE_CHECKING:
     from lrt.decode import KVCache
@@ -65,7 +65,9 @@ class PassOutput(NamedTuple):
     kv: per layer (K, V), each (B, H, T_kv, D): the fresh K/V (plain pass), the buffer with this
         pass's rows written in (buffer pass), or the cache up to the new length (cache pass).
     pre: only with `capture=True`: per layer (k_local, v_local, gate) at this pass's positions,
-        k_local pre-RoPE (B, T, H, D), gate (B, T, H) or None; used by the K/V refresh.
+        k_local pre-RoPE (B, T, H, D), gate (B, T, H) or None; used by the K/V refresh. `gate`
+        is sigmoid(Wg RMSNorm(x)), the gate g = GATE_SCALE * gate without its constant factor
+        (which `project_kv` folds into its multiply-add).
     """
 
     hidden: Tensor
@@ -99,13 +101,16 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(c, c, bias=False)
 
     def project_kv(self, k_local: Tensor, v_local: Tensor, cos: Tensor, sin: Tensor, fb: Any) -> KV:
-        """Mix memory into local k/v, then RoPE + QK-norm on k. Returns (B, H, T, D) each."""
+        """Mix memory into local k/v, then RoPE + QK-norm on k. Returns (B, H, T, D) each.
+
+        fb = (sigmoid(Wg RMSNorm(x)) (B, T, H), k_fb, v_fb (B, T, H, D)): k + 2 sigmoid * k_fb
+        as one multiply-add (addcmul) per tensor, the gate's factor 2 folded in."""
         k, v = k_local, v_local
         if fb is not None:
-            g, k_fb, v_fb = fb  # (B, T, H), (B, T, H, D), (B, T, H, D)
-            g = g.unsqueeze(-1).to(k.dtype)
-            k = k + g * k_fb.to(k.dtype)
-            v = v + g * v_fb.to(v.dtype)
+            s, k_fb, v_fb = fb
+            s = s.unsqueeze(-1).to(k.dtype)
+            k = torch.addcmul(k, s, k_fb.to(k.dtype), value=GATE_SCALE)
+            v = torch.addcmul(v, s, v_fb.to(v.dtype), value=GATE_SCALE)
         # autocast may run rms_norm in float32; keep q/k/v (and the cache) in the matmul dtype
         k = norm(apply_rotary(k, cos, sin)).to(v.dtype)
         return k.transpose(1, 2), v.transpose(1, 2)
@@ -138,7 +143,7 @@ class CausalSelfAttention(nn.Module):
             gate_logits = F.linear(xn, gate_w) if gate_w is not None else None
         fb = None
         if mem_kv is not None:
-            fb = (gate_activation(gate_logits), *mem_kv)
+            fb = (torch.sigmoid(gate_logits), *mem_kv)  # GATE_SCALE applied in project_kv
         k_local, v_local = k_lin.reshape(shape), v_lin.reshape(shape)
         q = norm(apply_rotary(q_lin.reshape(shape), cos, sin)).to(v_local.dtype)
         q = q.transpose(1, 2)  # (B, H, T, D)

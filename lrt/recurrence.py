@@ -67,10 +67,10 @@ class LatentPathway(nn.Module):
     # -----------------------------------------------------------------------------------------
 
     def inject(self, x: Tensor, memory: Tensor, layer: int) -> Tensor:
-        """Residual injection before block `layer`. x, memory: (B, T, C)."""
+        """Residual injection before block `layer` (one multiply-add). x, memory: (B, T, C)."""
         if self.gamma is None:
             return x
-        return x + self.gamma[layer].to(x.dtype) * memory.to(x.dtype)
+        return torch.addcmul(x, self.gamma[layer].to(x.dtype), memory.to(x.dtype))
 
     def memory_kv(self, memory: Tensor, layer: int) -> tuple[Tensor, Tensor]:
         """(k_fb, v_fb) for `layer`, each (B, T, H, D)."""
@@ -92,6 +92,12 @@ class LatentPathway(nn.Module):
         return gate_activation(self.gates[layer](xn))
 
 
+GATE_SCALE = 2.0  # g = GATE_SCALE * sigmoid(Wg RMSNorm(x)): in (0, 2), 1 at zero logits
+
+
 def gate_activation(logits: Tensor) -> Tensor:
-    """The gate from its logits Wg RMSNorm(x): 2*sigmoid, in (0, 2), 1 at zero logits."""
-    return 2.0 * torch.sigmoid(logits)
+    """The gate from its logits Wg RMSNorm(x): 2*sigmoid, in (0, 2), 1 at zero logits.
+
+    (The model's passes apply the sigmoid here and the factor inside `project_kv`'s
+    multiply-add; this is the gate's value as a whole.)"""
+    return GATE_SCALE * torch.sigmoid(logits)

@@ -246,3 +246,16 @@ def test_step_benchmark_smoke(tmp_path, interleave):
     assert result["train"]["interleaved:2"]["rel_flops"] > 1.9
     assert result["decode"]["batch_1"]["lrt_rel_throughput"] > 0
     assert result["decode"]["static/batch_1"]["lrt"]["mode"] == "static"
+
+
+def test_ops_benchmark_counts_what_the_pathway_adds():
+    """pipeline.benchmarks.ops on a tiny model: the LRT runs more operators than the baseline
+    in every decoder and pass; interleaved S=2 (3 passes) more than multi_refine K=1 (2)."""
+    from pipeline.benchmarks.ops import format_table, run
+
+    res = run(depth=2, n_embd=32, n_head=2, seq_len=8)
+    for row in res["decode"].values():
+        assert row["lrt"] > row["baseline"] > 0
+    train = res["train"]
+    assert train["interleaved:2"]["ops"] > train["multi_refine:1"]["ops"] > train["baseline"]["ops"]
+    assert "static" in format_table(res)
