@@ -76,6 +76,20 @@ class PassOutput(NamedTuple):
     pre: list[tuple[Tensor, Tensor, Tensor | None]] | None
 
 
+class FusedWeights(NamedTuple):
+    """Stacked copies of projection weights, for kernel-count-bound decoding
+    (`LRT.fused_projection_weights`, `forward(..., fused_weights=...)`).
+
+    layers: per layer [Wq; Wk; Wv] (+ the gate weight Wg with the KV projection), (3C (+H), C).
+    memory_kv: [Wk_m; Wv_m] of every memory projection (one for `shared`, one per layer for
+        `layerwise`), (2 * n_proj * C, C): all layers' k_fb, v_fb from one matmul; None
+        without the KV projection.
+    """
+
+    layers: list[Tensor]
+    memory_kv: Tensor | None
+
+
 class _AttnCtx(NamedTuple):
     """Attention mode of a pass (see module docstring). Shared by every layer of the pass."""
 
@@ -257,7 +271,7 @@ class LRT(nn.Module):
         capture: bool = False,
         mask_key: Hashable | None = None,
         attn_mask: Any = None,
-        fused_weights: list[Tensor] | None = None,
+        fused_weights: FusedWeights | None = None,
     ) -> PassOutput:
         """One pass over `idx` (B, T) with memory (B, T, C) (None means zeros).
 
@@ -274,8 +288,9 @@ class LRT(nn.Module):
             attn_mask: the buffer pass's mask, prebuilt with `lrt.attention.attention_mask(
                 positions, T, T_full, device, mask_key)` outside compiled code (the strategies
                 do); None builds it here, once, before the layer loop. Every layer shares it.
-            fused_weights: from `fused_projection_weights()`: per layer one (3C (+H), C) matrix
-                for the q/k/v/gate projections (a snapshot; rebuild it after the weights change).
+            fused_weights: from `fused_projection_weights()`: stacked q/k/v/gate and memory
+                K/V projection weights, fewer matmuls (a snapshot; rebuild it after the weights
+                change).
         """
         cfg = self.config
         b, t = idx.shape
@@ -299,7 +314,10 @@ class LRT(nn.Module):
         pw = self.pathway
         if pw is not None and memory is None:
             memory = torch.zeros(b, t, cfg.n_embd, device=idx.device, dtype=self.wte.weight.dtype)
-        mem_kv = pw.all_memory_kv(memory) if pw is not None else None
+        mem_kv = None
+        if pw is not None:
+            stacked = None if fused_weights is None else fused_weights.memory_kv
+            mem_kv = pw.all_memory_kv(memory, stacked)
 
         x = norm(self.wte(idx))  # (B, T, C)
         source = None
@@ -317,7 +335,7 @@ class LRT(nn.Module):
                 mem_kv[i] if mem_kv is not None else None,
                 ctx,
                 None if buffer is None else buffer[i],
-                None if fused_weights is None else fused_weights[i],
+                None if fused_weights is None else fused_weights.layers[i],
             )
             x = x + y
             x = x + block.mlp(norm(x))
@@ -332,24 +350,31 @@ class LRT(nn.Module):
         return PassOutput(hidden, source, kvs, pres)
 
     @torch.no_grad()
-    def fused_projection_weights(self, out: list[Tensor] | None = None) -> list[Tensor]:
-        """Per layer [Wq; Wk; Wv] (+ the gate weight Wg with the KV projection) stacked into one
-        (3C (+H), C) matrix, for `forward(..., fused_weights=...)`: one matmul instead of three
-        or four, which matters when decoding is bound by the number of kernels. A snapshot of
-        the current weights; `out` (a previous result) is refreshed in place."""
+    def fused_projection_weights(self, out: FusedWeights | None = None) -> FusedWeights:
+        """Stacked projection weights (`FusedWeights`) for `forward(..., fused_weights=...)`:
+        per layer one matmul for q, k, v and the gate instead of three or four, and one for
+        every layer's memory K/V instead of 2 (shared) or 2L (layerwise), which matters when
+        decoding is bound by the number of kernels. A snapshot of the current weights; `out`
+        (a previous result) is refreshed in place, so captured graphs stay valid."""
         pw = self.pathway
-        fused = []
+        with_kv = pw is not None and pw.k_proj is not None
+
+        def stack(parts: list[Tensor], dst: Tensor | None) -> Tensor:
+            return torch.cat(parts) if dst is None else torch.cat(parts, out=dst)
+
+        layers = []
         for i, block in enumerate(self.blocks):
             a = block.attn
             parts = [a.c_q.weight, a.c_k.weight, a.c_v.weight]
-            if pw is not None and pw.gates is not None:
+            if with_kv:
                 parts.append(pw.gates[i].weight)
-            if out is None:
-                fused.append(torch.cat(parts))
-            else:
-                torch.cat(parts, out=out[i])
-                fused.append(out[i])
-        return fused
+            layers.append(stack(parts, None if out is None else out.layers[i]))
+        memory_kv = None
+        if with_kv:
+            parts = [w for kp, vp in zip(pw.k_proj, pw.v_proj, strict=True)
+                     for w in (kp.weight, vp.weight)]  # fmt: skip
+            memory_kv = stack(parts, None if out is None else out.memory_kv)
+        return FusedWeights(layers, memory_kv)
 
     def head(self, hidden: Tensor) -> Tensor:
         """Logits (float32, soft-capped) from normed final states: (B, T, C) -> (B, T, V)."""

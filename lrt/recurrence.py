@@ -79,11 +79,25 @@ class LatentPathway(nn.Module):
         shape = (b, t, self.cfg.n_head, self.cfg.head_dim)
         return self.k_proj[i](memory).view(shape), self.v_proj[i](memory).view(shape)
 
-    def all_memory_kv(self, memory: Tensor) -> list[tuple[Tensor, Tensor]] | None:
-        """`memory_kv` for every layer; the shared variant projects once."""
+    def all_memory_kv(
+        self, memory: Tensor, stacked: Tensor | None = None
+    ) -> list[tuple[Tensor, Tensor]] | None:
+        """`memory_kv` for every layer; the shared variant projects once.
+
+        stacked: [Wk_m(0); Wv_m(0); Wk_m(1); ...] (2 * n_proj * C, C) (`FusedWeights.memory_kv`):
+        every projection from one matmul, split into views.
+        """
         if self.k_proj is None:
             return None
-        if len(self.k_proj) == 1:
+        n_proj = len(self.k_proj)
+        if stacked is not None:
+            b, t, _ = memory.shape
+            shape = (b, t, self.cfg.n_head, self.cfg.head_dim)
+            parts = F.linear(memory, stacked).split(self.cfg.n_embd, dim=-1)
+            kvs = [(parts[2 * j].reshape(shape), parts[2 * j + 1].reshape(shape))
+                   for j in range(n_proj)]  # fmt: skip
+            return kvs * self.cfg.n_layer if n_proj == 1 else kvs
+        if n_proj == 1:
             return [self.memory_kv(memory, 0)] * self.cfg.n_layer
         return [self.memory_kv(memory, i) for i in range(self.cfg.n_layer)]
 

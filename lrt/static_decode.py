@@ -112,9 +112,10 @@ class StaticDecoder:
             step's elementwise ops; "eager" only traces). The step must trace as one graph
             (fullgraph=True), so a graph break is an error, not a silent slowdown.
         cuda_graph: capture the step as a CUDA graph (default: when the model is on CUDA).
-        fuse: project q, k, v and the pathway gate with one matmul per layer from stacked
-            weights (`LRT.fused_projection_weights`): fewer, larger kernels. The stack is a
-            copy of the weights; `reset()` refreshes it if the model's weights changed since.
+        fuse: project q, k, v and the pathway gate with one matmul per layer, and every
+            layer's memory K/V with one matmul, from stacked weights
+            (`LRT.fused_projection_weights`): fewer, larger kernels. The stack is a copy of the
+            weights; `reset()` refreshes it if the model's weights changed since.
         autocast_dtype: None (default) runs steps in the model's dtype with autocast off (no
             weight casts per step); e.g. torch.bfloat16 runs them under autocast like mixed-
             precision training and evaluation do (cache in that dtype; the cast cache is

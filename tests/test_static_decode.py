@@ -104,6 +104,7 @@ def test_fused_weights_follow_weight_changes_at_reset():
     with torch.no_grad():
         model.blocks[1].attn.c_k.weight.mul_(-1.5)
         model.pathway.gates[2].weight.add_(0.5)
+        model.pathway.v_proj[1].weight.mul_(-2.0)  # the stacked memory K/V projections too
     dec.reset()
     after = static_logits(dec, idx)
     torch.testing.assert_close(after, sequential_forward(model, idx), **TOL)
