@@ -237,7 +237,9 @@ def generate(
                 raise ValueError("static decoding prefills exactly; drop approximate_prefill")
             from lrt.static_decode import StaticDecoder
 
-            decoder = StaticDecoder(model, b, t0 + max_new_tokens)
+            dev = device.type
+            amp = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
+            decoder = StaticDecoder(model, b, t0 + max_new_tokens, autocast_dtype=amp)
             logits = decoder.prefill(prompt)
             step_fn = decoder.step
         else:

@@ -223,16 +223,17 @@ class MuonAdamW(torch.optim.Optimizer):
         for shape, idx in by_shape.items():
             group_params = [params[i] for i in idx]
             ortho = self._orthogonalise([updates[i] for i in idx], group["ns_steps"])
-            ortho = [o.to(group_params[0].dtype) for o in ortho]
             scale = lr * max(1.0, shape[0] / shape[1]) ** 0.5
             if wd:
                 torch._foreach_mul_(group_params, 1.0 - lr * wd)
             torch._foreach_add_(group_params, ortho, alpha=-scale)
 
     def _orthogonalise(self, mats: list[Tensor], steps: int) -> list[Tensor]:
-        """Newton-Schulz on a list of same-shape matrices (batched; split across ranks if asked)."""
+        """Newton-Schulz on a list of same-shape matrices (batched; split across ranks if asked),
+        returned in the matrices' dtype (one cast for the whole stack)."""
         if not self.distributed or dist.get_world_size() == 1:
-            return list(zeropower_via_newtonschulz(torch.stack(mats), steps).unbind(0))
+            out = zeropower_via_newtonschulz(torch.stack(mats), steps).to(mats[0].dtype)
+            return list(out.unbind(0))
         world, rank = dist.get_world_size(), dist.get_rank()
         n = len(mats)
         per_rank = -(-n // world)  # ceil

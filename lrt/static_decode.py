@@ -59,19 +59,22 @@ class StaticKVCache:
     ) -> None:
         if max_len < 1:
             raise ValueError(f"max_len must be >= 1, got {max_len}")
-        shape = (batch_size, n_head, max_len, head_dim)
+        # Rows rounded up to a multiple of 16 (masked like any unwritten row): the attention
+        # kernels want the key length (and so the mask's last dimension) 16-aligned.
+        rows = -(-max_len // 16) * 16
+        shape = (batch_size, n_head, rows, head_dim)
         # zeros, not empty: masked rows still enter the softmax-weighted sum with weight 0, and
         # 0 * NaN from uninitialised memory would poison the output
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
         self.max_len = max_len
         self.pos = torch.zeros(1, dtype=torch.long, device=device)  # next row to write
-        self.keys = torch.arange(max_len, device=device)
+        self.keys = torch.arange(rows, device=device)
 
     def pass_context(
         self, cos: Tensor, sin: Tensor, t: int, rope_len: int
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Rotary rows at `pos`, q_pos = pos and the (1, max_len) mask `key <= pos`.
+        """Rotary rows at `pos`, q_pos = pos and the (1, rows) mask `key <= pos`.
 
         Only t == 1 (one token per step). Bounds (pos < max_len <= rope_len) are the caller's
         to check on the host (`StaticDecoder` counts steps): reading `pos` here would
@@ -85,7 +88,7 @@ class StaticKVCache:
         return cos.index_select(0, self.pos), sin.index_select(0, self.pos), self.pos, mask
 
     def update(self, layer: int, k: Tensor, v: Tensor) -> KV:
-        """Write k, v (B, H, 1, D) at row pos in place; return the whole (B, H, max_len, D)."""
+        """Write k, v (B, H, 1, D) at row pos in place; return the whole (B, H, rows, D)."""
         kc, vc = self.k[layer], self.v[layer]
         kc.index_copy_(2, self.pos, k.to(kc.dtype))
         vc.index_copy_(2, self.pos, v.to(vc.dtype))
@@ -162,7 +165,10 @@ class StaticDecoder:
         self.n = 0  # tokens fed so far (host-side mirror of cache.pos)
         self._fused = model.fused_projection_weights() if fuse else None
         self._fused_from = self._weight_versions()
-        fn: Callable[[], Tensor] = self._step_impl
+        # The plain function, called with self: a bound method stored on self would be a
+        # reference cycle, and a decoder (model, cache, graph pool) would outlive its last use
+        # until the next full garbage collection.
+        fn: Callable[[StaticDecoder], Tensor] = StaticDecoder._step_impl
         if compile_backend is not None:
             fn = torch.compile(fn, backend=compile_backend, dynamic=False, fullgraph=True)
         self._fn = fn
@@ -193,12 +199,13 @@ class StaticDecoder:
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(max(warmup, 1)):
-                self._fn()
+                self.reset()  # every warm-up step at row 0: a 1-row cache has no row 1
+                self._fn(self)
         torch.cuda.current_stream().wait_stream(side)
         self.reset()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            self._logits = self._fn()
+            self._logits = self._fn(self)
         self._graph = graph
         self.reset()  # capture does not run the kernels; this only restates the empty state
 
@@ -234,7 +241,7 @@ class StaticDecoder:
             self._graph.replay()
             logits = self._logits
         else:
-            logits = self._fn()
+            logits = self._fn(self)
         self.n += 1
         return logits.clone()
 

@@ -10,7 +10,8 @@ Sections, in order of value (issue 6's second device run):
   env        torch / device / flash-attention check, a big bf16 GEMM
   pytest     the CUDA-marked tests (CUDA-graph decoding, fused optimizer, bf16 passes)
   decode     greedy decoding tok/s, baseline vs LRT, batch 1 and 32, per decoder: eager
-             (growing KV cache, autocast), graph (static cache, stacked q/k/v/gate matmul,
+             (growing KV cache, autocast, as run 1), eager_bf16 (the same on a bf16 copy, no
+             autocast: the reference for the rest), graph (static cache, stacked matmuls,
              replayed as a CUDA graph), graph_unfused (the same, separate matmuls) and
              compiled_graph (inductor + CUDA graph); see lrt/static_decode.py
   train_compiled  d12 (vocab 65536, T 2048), the whole loss compiled (every pass, head and
@@ -84,7 +85,7 @@ def sizes(smoke: bool, quick_quality: bool = False) -> dict[str, Any]:
             warmup=4,
             batches=[1, 32],
             rounds=2,
-            modes=["eager", "graph", "graph_unfused", "compiled_graph"],
+            modes=["eager", "eager_bf16", "graph", "graph_unfused", "compiled_graph"],
         ),
         loader=dict(batch_size=8, seq_len=2048, batches=50),
         quality=dict(
@@ -544,18 +545,26 @@ def worker_quality(part: Part, cfg: dict[str, Any], data_dir: Path, budget_s: fl
             bpb(tr.model, "merged")
             bpb(tr.model, "merged", q["curve_rows"])
         cal[f"{name}_eval_warm_s"] = time.perf_counter() - t0
-        # Sequential evaluation is token by token: time 16 steps, extrapolate to T.
+        # Sequential evaluation is token by token, after a one-off set-up (the static decoder's
+        # warm-up and graph capture): time 16 and 32 positions, extrapolate to T.
         if mcfg.has_pathway or q["base_seq_check"]:
             rows_ = None if mcfg.has_pathway else q["curve_rows"]
             i_, t_ = (v_idx, v_tgt) if rows_ is None else (v_idx[:rows_], v_tgt[:rows_])
             from lrt.decode import sequential_losses
 
-            _sync(dev)
-            t0 = time.perf_counter()
-            with torch.no_grad(), _autocast(dev):
-                sequential_losses(tr.model, i_[:, :16], t_[:, :16], static=dev.type == "cuda")
-            _sync(dev)
-            cal[f"{name}_seq_eval_est_s"] = (time.perf_counter() - t0) * T / 16
+            took = {}
+            for n_pos in (16, 32):
+                _sync(dev)
+                t0 = time.perf_counter()
+                with torch.no_grad(), _autocast(dev):
+                    sequential_losses(
+                        tr.model, i_[:, :n_pos], t_[:, :n_pos], static=dev.type == "cuda"
+                    )
+                _sync(dev)
+                took[n_pos] = time.perf_counter() - t0
+            per_pos = max(0.0, (took[32] - took[16]) / 16)
+            setup = max(0.0, took[16] - 16 * per_pos)
+            cal[f"{name}_seq_eval_est_s"] = setup + per_pos * T
         del tr
     elapsed = time.perf_counter() - t_start
     seeds = q["seeds"]

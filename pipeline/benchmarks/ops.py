@@ -81,7 +81,7 @@ def decode_ops(cfg: LRTConfig, batch_size: int = 1, context: int = 8) -> dict[st
         dec = StaticDecoder(model, batch_size, context + 1, fuse=fuse, cuda_graph=False)
         for _ in range(context):
             dec.step(tok)
-        out[name] = sum(count(lambda d=dec: d._fn()).values())  # the step itself (no clone)
+        out[name] = sum(count(lambda d=dec: d._fn(d)).values())  # the step itself (no clone)
     return out
 
 

@@ -216,7 +216,7 @@ def time_train_interleaved(
     return results
 
 
-DECODE_MODES = ("eager", "static", "graph", "graph_unfused", "compiled_graph")
+DECODE_MODES = ("eager", "eager_bf16", "static", "graph", "graph_unfused", "compiled_graph")
 
 
 @torch.no_grad()
@@ -231,34 +231,38 @@ def time_decode(
 ) -> dict[str, Any]:
     """Greedy decoding throughput (tokens/s over the batch) from an empty cache.
 
-    mode: "eager" = `lrt.decode.decode_step` (growing `KVCache`; bf16 autocast on CUDA, fp32
-    weights), the others use `lrt.static_decode.StaticDecoder` on a copy of the model in bf16
-    on CUDA (fp32 on CPU): "static" eager, "graph" replayed as a CUDA graph, "graph_unfused"
-    the same without the stacked q/k/v/gate matmul, "compiled_graph" compiled with inductor
-    and replayed as a CUDA graph. The static modes attend over a cache of warmup + tokens rows
-    at every step (the eager cache grows).
+    mode: "eager" = `lrt.decode.decode_step` (growing `KVCache`) under bf16 autocast with fp32
+    weights on CUDA (how training-time evaluation decodes). Every other mode decodes a copy of
+    the model cast to bf16 on CUDA (fp32 on CPU) without autocast: "eager_bf16" =
+    `decode_step` on it, the reference for the static modes (same dtype, no per-step weight
+    casts); "static" = `lrt.static_decode.StaticDecoder` stepped eagerly, "graph" = replayed
+    as a CUDA graph, "graph_unfused" = the same without the stacked projections,
+    "compiled_graph" = compiled with inductor, then replayed as a CUDA graph. The static modes
+    attend over a cache of warmup + tokens rows (rounded up to 16) at every step; the eager
+    cache grows.
     """
     from lrt.decode import decode_step, new_state
     from lrt.static_decode import StaticDecoder
 
     if mode not in DECODE_MODES:
         raise ValueError(f"decode mode must be one of {DECODE_MODES}, got {mode!r}")
+    if mode in ("graph", "graph_unfused", "compiled_graph") and device.type != "cuda":
+        raise ValueError(f"decode mode {mode!r} needs CUDA")
     model = _build(cfg, device, compile_model=False)
     model.eval()
+    if mode != "eager" and device.type == "cuda":
+        model = model.to(torch.bfloat16)
     total = warmup + tokens
     nxt = torch.zeros(batch_size, dtype=torch.long, device=device)
     setup_s = 0.0
-    if mode == "eager":
+    decoder = None
+    if mode in ("eager", "eager_bf16"):
         state = new_state(model, batch_size, total)
 
         def step(tok: torch.Tensor) -> torch.Tensor:
-            with _autocast(device):
+            with _autocast(device) if mode == "eager" else contextlib.nullcontext():
                 return decode_step(model, state, tok)
     else:
-        if device.type == "cuda":
-            model = model.to(torch.bfloat16)
-        if mode != "static" and device.type != "cuda":
-            raise ValueError(f"decode mode {mode!r} needs CUDA")
         t_setup = time.perf_counter()
         decoder = StaticDecoder(
             model,
@@ -279,7 +283,7 @@ def time_decode(
         nxt = step(nxt).argmax(dim=-1)
     _sync(device)
     elapsed = time.perf_counter() - t0
-    model = step = None  # the decoder's bound step is a reference cycle: collect it now
+    model = step = decoder = None  # free the model, cache and graph pool before the next run
     gc.collect()
     return {
         "mode": mode,
