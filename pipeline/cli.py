@@ -27,7 +27,7 @@ import click
 
 from pipeline.settings import DEFAULT_CONFIG, Settings, SettingsError, load_settings
 
-BENCHMARKS = ("tokenizer", "loader", "step")
+BENCHMARKS = ("tokenizer", "loader", "step", "ops")
 
 
 class _UserError(click.ClickException):
