@@ -355,7 +355,7 @@ def _tokenize_part(settings: Settings, part: PartSpec) -> dict[str, Any]:
     tok = settings.tokenizer
     raw_dir = Path(settings.data.raw_dir)
     raw = sources.read_raw_manifest(raw_dir)
-    from pipeline.shards import MANIFEST_NAME, pack_files
+    from pipeline.shards import MANIFEST_NAME
 
     tokenizer = _part_tokenizer(settings)
     out = Path(tok.out_dir)
@@ -366,15 +366,9 @@ def _tokenize_part(settings: Settings, part: PartSpec) -> dict[str, Any]:
         if m and path.is_file() and int(m.group(2)) != part.count:
             path.unlink()
     start = time.perf_counter()
-    manifest = pack_files(
-        sources.raw_files(raw_dir),
+    manifest = _pack_raw(
+        settings,
         tokenizer,
-        out,
-        shard_tokens=tok.shard_tokens,
-        compression=tok.compression,
-        val_fraction=tok.val_fraction,
-        seed=tok.seed,
-        val_paths=sources.raw_files(raw_dir, "val"),
         part=part,
         file_documents=[int(e["documents"]) for e in raw["files"]],
         inputs_id=_raw_inputs_id(raw),
@@ -385,6 +379,26 @@ def _tokenize_part(settings: Settings, part: PartSpec) -> dict[str, Any]:
         **_data_stats(manifest),
         "pack_s": time.perf_counter() - start,
     }
+
+
+def _pack_raw(settings: Settings, tokenizer: Any, **part_args: Any) -> Any:
+    """`pack_files` over the raw corpus into `tokenizer.out_dir` with the tokenizer settings
+    (`part_args`: a part's `part`, `file_documents`, `inputs_id`). A source's own validation
+    files (fineweb-edu's last shard) go to val whole; the rest are split by val_fraction."""
+    from pipeline.shards import pack_files
+
+    tok, raw_dir = settings.tokenizer, Path(settings.data.raw_dir)
+    return pack_files(
+        sources.raw_files(raw_dir),
+        tokenizer,
+        Path(tok.out_dir),
+        shard_tokens=tok.shard_tokens,
+        compression=tok.compression,
+        val_fraction=tok.val_fraction,
+        seed=tok.seed,
+        val_paths=sources.raw_files(raw_dir, "val"),
+        **part_args,
+    )
 
 
 def _data_stats(manifest: Any) -> dict[str, Any]:
@@ -432,7 +446,6 @@ def _tokenize(settings: Settings) -> dict[str, Any]:
     raw_dir = Path(settings.data.raw_dir)
     raw = sources.read_raw_manifest(raw_dir)  # first: "run download" beats an import error
 
-    from pipeline.shards import pack_files
     from pipeline.tokenizer import TOKENIZER_FILE
 
     out = Path(tok.out_dir)
@@ -442,19 +455,8 @@ def _tokenize(settings: Settings) -> dict[str, Any]:
     _remove_stale(out)  # a previous configuration's shards (and parts) must not linger
     tokenizer.save(out / TOKENIZER_FILE)
 
-    # A source's own validation files (fineweb-edu's last shard) go to val whole; the rest are
-    # split by val_fraction.
     start = time.perf_counter()
-    manifest = pack_files(
-        sources.raw_files(raw_dir),
-        tokenizer,
-        out,
-        shard_tokens=tok.shard_tokens,
-        compression=tok.compression,
-        val_fraction=tok.val_fraction,
-        seed=tok.seed,
-        val_paths=sources.raw_files(raw_dir, "val"),
-    )
+    manifest = _pack_raw(settings, tokenizer)
     pack_s = time.perf_counter() - start
     stats = {
         **{k: v for k, v in tok_stats.items() if k != "tokenizer_train_s"},
