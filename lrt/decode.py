@@ -99,6 +99,16 @@ def decode_step(model: LRT, state: DecodeState, tokens: Tensor) -> Tensor:
     return model.head(out.hidden)[:, -1]
 
 
+def _static_decoder(model: LRT, batch_size: int, max_len: int):
+    """A `StaticDecoder` that decodes under the caller's autocast dtype (none if autocast is
+    off), so static and eager decoding compute in the same precision."""
+    from lrt.static_decode import StaticDecoder
+
+    dev = model.device.type
+    amp = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
+    return StaticDecoder(model, batch_size, max_len, autocast_dtype=amp)
+
+
 # ---------------------------------------------------------------------------------------------
 # Prefill and exact forward
 
@@ -165,11 +175,7 @@ def sequential_losses(model: LRT, idx: Tensor, targets: Tensor, *, static: bool 
     """
     b, t = idx.shape
     if static:
-        from lrt.static_decode import StaticDecoder
-
-        dev = idx.device.type
-        amp = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
-        step = StaticDecoder(model, b, t, autocast_dtype=amp).step
+        step = _static_decoder(model, b, t).step
     else:
         state = new_state(model, b, t)
 
@@ -235,11 +241,7 @@ def generate(
         if static:
             if approximate_prefill:
                 raise ValueError("static decoding prefills exactly; drop approximate_prefill")
-            from lrt.static_decode import StaticDecoder
-
-            dev = device.type
-            amp = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
-            decoder = StaticDecoder(model, b, t0 + max_new_tokens, autocast_dtype=amp)
+            decoder = _static_decoder(model, b, t0 + max_new_tokens)
             logits = decoder.prefill(prompt)
             step_fn = decoder.step
         else:

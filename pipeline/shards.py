@@ -511,6 +511,10 @@ def pack_files(
         0
     """
     stats = _Utf8Stats()
+    val = {Path(p).resolve() for p in val_paths}
+    unknown = val - {Path(p).resolve() for p in paths}
+    if unknown:
+        raise ValueError(f"val_paths {sorted(map(str, unknown))} are not among the input paths")
     if part is not None:
         return _pack_part(
             paths,
@@ -525,13 +529,8 @@ def pack_files(
             val_fraction=val_fraction,
             seed=seed,
             chunk_tokens=chunk_tokens,
-            val_paths=val_paths,
+            val=val,
         )
-
-    val = {Path(p).resolve() for p in val_paths}
-    unknown = val - {Path(p).resolve() for p in paths}
-    if unknown:
-        raise ValueError(f"val_paths {sorted(map(str, unknown))} are not among the input paths")
 
     def file_docs(path: Path) -> Iterator[str]:
         for doc in _file_docs(path, stats):
@@ -567,14 +566,11 @@ def _pack_part(
     part: PartSpec,
     file_documents: Sequence[int] | None,
     inputs_id: str | None,
-    val_paths: Sequence[str | Path],
+    val: set[Path],
     **settings: Any,
 ) -> Manifest:
+    """`pack_files` for one part; `val` holds the resolved validation paths (checked)."""
     files = [Path(p) for p in paths]
-    val = {p.resolve() for p in map(Path, val_paths)}
-    unknown = val - {p.resolve() for p in files}
-    if unknown:
-        raise ValueError(f"val_paths {sorted(map(str, unknown))} are not among the input paths")
     if file_documents is None:
         counter = _Utf8Stats()
         file_documents = [sum(1 for _ in _file_docs(p, counter)) for p in files]
