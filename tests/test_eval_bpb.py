@@ -53,14 +53,15 @@ def test_bpb_is_not_mean_loss() -> None:
 
 def test_document_positions_start_after_bos() -> None:
     meter = BPBMeter(TOKEN_BYTES, seq_len=5, bos_id=0)
-    inputs = torch.tensor([[2, 0, 1, 2, 3]])  # a document starts at position 1
-    targets = torch.tensor([[0, 1, 2, 3, 1]])
-    losses = torch.tensor([[9.0, 1.0, 2.0, 3.0, 4.0]])
+    inputs = torch.tensor([[2, 0, 1, 2, 3], [1, 2, 3, 1, 2]])  # row 0: a document starts at 1
+    targets = torch.tensor([[0, 1, 2, 3, 1], [2, 3, 1, 2, 3]])
+    losses = torch.tensor([[9.0, 1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0, 10.0]])
     meter.update(losses, targets, inputs)
     doc = meter.result().doc_position_loss
-    # position 0 of the window: its document began before the window -> unknown, skipped
-    assert doc[:4] == pytest.approx([1.0, 2.0, 3.0, 4.0])
-    assert math.isnan(doc[4])
+    # Row 0: target 0 is <|bos|> (0 bytes: not counted); after the <|bos|> at 1 the targets sit
+    # at context positions 0..3. Row 1 has no <|bos|>: its document began before the window,
+    # so target t has read t+1 of its tokens (position 1..5, the last clamped to T-1 = 4).
+    assert doc == pytest.approx([1.0, (2.0 + 5.0) / 2, (3.0 + 6.0) / 2, (4.0 + 7.0) / 2, 9.0])
 
 
 def _batches(n: int, b: int = 2, t: int = 4, seed: int = 0):

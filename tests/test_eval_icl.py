@@ -89,3 +89,24 @@ def test_evaluate_synthetic_accuracy_by_count() -> None:
     m = icl_metrics(res, {"init": -0.5})
     assert m["icl_gain"]["init"] == -0.5
     assert m["icl"]["init"]["pattern"]["n01"]["acc"] == 1.0
+
+
+def test_in_context_gain_finite_when_documents_outlast_the_window() -> None:
+    """The bug: `icl_gain` was null in every metrics.json, since validation documents are longer
+    than a window and positions after a document start that lay before the window were dropped.
+    A model whose loss falls with the tokens it has read gives a negative gain, by hand."""
+    from pipeline.evaluation.bpb import BPBMeter
+
+    T = 64
+    meter = BPBMeter(torch.tensor([0, 1, 1, 1]), seq_len=T, bos_id=0)
+    inputs = torch.randint(1, 4, (3, T), generator=torch.Generator().manual_seed(0))  # no BOS
+    losses = (10.0 / torch.arange(2, T + 2, dtype=torch.float64)).expand(3, T)  # 10 / (t + 2)
+    meter.update(losses, inputs.roll(-1, 1), inputs)
+    gain = in_context_gain(meter.result().doc_position_loss)
+    (e0, e1), (l0, l1) = default_windows(T)
+    # position p holds target t = p - 1 (t+1 tokens read), loss 10 / (p + 1); p = T-1 also
+    # holds t = T-1 (clamped), loss 10 / (T + 1)
+    late = [10.0 / (p + 1) for p in range(l0, l1)]
+    late[-1] = (10.0 / T + 10.0 / (T + 1)) / 2
+    expected = sum(late) / len(late) - sum(10.0 / (p + 1) for p in range(e0, e1)) / (e1 - e0)
+    assert math.isfinite(gain) and gain == pytest.approx(expected)

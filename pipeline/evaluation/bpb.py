@@ -54,9 +54,11 @@ class BPBResult:
         buckets: BPB per window-position bucket (`[i*bucket_size, (i+1)*bucket_size)`); NaN where
             a bucket has no counted bytes.
         position_loss: Mean nats per counted target at each window position (T values).
-        doc_position_loss: Mean nats per token at each position since the start of its document
-            (index 0 = the token right after `<|bos|>`), only for documents that start inside the
-            window; NaN where no token was seen. Feeds the in-context-gain probe.
+        doc_position_loss: Mean nats per token by the number of tokens of its own document the
+            model had read before it (index 0 = the token right after `<|bos|>`): tokens since
+            the latest `<|bos|>` in the window, or, when the document began before the window,
+            since the window start (the model sees nothing earlier); NaN where no token was
+            seen. Feeds the in-context-gain probe.
     """
 
     bpb: float
@@ -126,17 +128,19 @@ class BPBMeter:
     def _update_doc_positions(
         self, nats: torch.Tensor, counted: torch.Tensor, inputs: torch.Tensor
     ) -> None:
-        # Target t is predicted after reading inputs[:t+1]; its document position is the number of
-        # tokens since the latest <|bos|> at or before t. Tokens whose document began before the
-        # window are skipped: the model never saw their start, so their position is unknown.
+        # Target t is predicted after reading inputs[:t+1]; its context position is the number of
+        # tokens of its own document the model has read: t - (latest <|bos|> at or before t). A
+        # document that began before the window counts from an implicit boundary at -1, since
+        # the model sees nothing before the window. (Skipping such tokens instead, as "position
+        # unknown", left the late positions empty for documents longer than a window, and the
+        # in-context gain NaN.)
         B, T = inputs.shape
         t = torch.arange(T).expand(B, T)
         bos_at = torch.where(inputs == self.bos_id, t, torch.full_like(t, -1))
-        last_bos = torch.cummax(bos_at, dim=1).values  # (B, T)
-        known = (last_bos >= 0) & counted
-        doc_pos = (t - last_bos).clamp(min=0)  # (B, T)
-        self.doc_nats.index_add_(0, doc_pos[known], nats[known])
-        self.doc_tokens.index_add_(0, doc_pos[known], torch.ones_like(doc_pos[known]))
+        last_bos = torch.cummax(bos_at, dim=1).values  # (B, T), -1 where no <|bos|> yet
+        doc_pos = (t - last_bos).clamp(max=self.seq_len - 1)  # (B, T)
+        self.doc_nats.index_add_(0, doc_pos[counted], nats[counted])
+        self.doc_tokens.index_add_(0, doc_pos[counted], torch.ones_like(doc_pos[counted]))
 
     def result(self) -> BPBResult:
         """Totals and per-position tables so far."""
