@@ -22,6 +22,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 if TYPE_CHECKING:
     from lrt.config import LRTConfig, StrategyConfig
 
+MAX_DEPTH = 512
+MAX_LR = 100.0
+"""Upper bounds that only catch typos (`depth=100000`, `matrix_lr=2e5`); memory is checked
+against the device when training starts (`train.max_memory_gb`)."""
+
 FINEWEB_EDU_URL = "https://huggingface.co/datasets/karpathy/fineweb-edu-100b-shuffle/resolve/main"
 
 __all__ = [
@@ -44,8 +49,13 @@ class SettingsError(ValueError):
 
 
 class _Section(BaseModel):
+    # allow_inf_nan=False: `.inf` / `.nan` in any float (lists included) is refused when
+    # settings load, instead of training to a NaN loss that exits 0.
     model_config = ConfigDict(
-        extra="forbid", use_attribute_docstrings=True, validate_assignment=True
+        extra="forbid",
+        use_attribute_docstrings=True,
+        validate_assignment=True,
+        allow_inf_nan=False,
     )
 
 
@@ -65,15 +75,15 @@ class DataSettings(_Section):
     """Local .txt / .jsonl / .jsonl.zst / .parquet files or folders (source `files` only)."""
     base_url: str = FINEWEB_EDU_URL
     """Base URL of the fineweb-edu parquet shards (`{base_url}/shard_00000.parquet`, ...)."""
-    num_shards: int = Field(1, ge=1)
+    num_shards: int = Field(1, ge=1, le=100_000)
     """fineweb-edu: number of training shards to fetch; one more (the last) is validation."""
     max_bytes: int | None = Field(4_000_000, ge=1)
     """Cap on raw corpus bytes for `builtin` and `files` (None = no cap)."""
     raw_dir: str = "data/raw"
     """Output folder: documents plus manifest.json."""
-    retries: int = Field(4, ge=0)
+    retries: int = Field(4, ge=0, le=100)
     """fineweb-edu: download retries per shard (exponential backoff)."""
-    timeout_s: float = Field(60.0, gt=0)
+    timeout_s: float = Field(60.0, gt=0, le=86_400)
     """fineweb-edu: socket timeout in seconds."""
 
     @model_validator(mode="after")
@@ -86,14 +96,14 @@ class DataSettings(_Section):
 class TokenizerSettings(_Section):
     """Byte-level BPE training and shard packing (stage `tokenize`)."""
 
-    vocab_size: int = Field(2048, ge=266)
+    vocab_size: int = Field(2048, ge=266, le=1 << 22)
     """Vocabulary size including special tokens (256 bytes + 9 specials at least). The paper
     uses 32768/65536; the CPU demo default is small because the LM head dominates tiny models."""
     pretrained: str | None = None
     """Use this saved tokenizer (project format) instead of training one."""
     train_max_bytes: int = Field(2_000_000, ge=1)
     """Raw text bytes used to train the BPE (the first documents, in corpus order)."""
-    shard_tokens: int = Field(1 << 24, ge=1024)
+    shard_tokens: int = Field(1 << 24, ge=1024, le=1 << 31)
     """Tokens per shard file."""
     compression: Literal["none", "zstd"] = "none"
     """Shard payload: raw (memory-mapped) or zstd chunks."""
@@ -108,13 +118,13 @@ class TokenizerSettings(_Section):
 class ModelSettings(_Section):
     """Architecture; mirrors `lrt.LRTConfig` (the vocabulary comes from the tokenizer)."""
 
-    depth: int = Field(4, ge=1)
+    depth: int = Field(4, ge=1, le=MAX_DEPTH)
     """Number of transformer blocks (the one scaling dial)."""
-    n_embd: int | None = Field(None, ge=8)
+    n_embd: int | None = Field(None, ge=8, le=1 << 16)
     """Model width; None = nanochat rule 64*depth rounded up to a multiple of 128."""
-    n_head: int | None = Field(None, ge=1)
+    n_head: int | None = Field(None, ge=1, le=1024)
     """Attention heads; None = n_embd // 128."""
-    seq_len: int = Field(256, ge=2)
+    seq_len: int = Field(256, ge=2, le=1 << 20)
     """Training context length in tokens."""
     pathway: Literal["none", "shared", "layerwise"] = "none"
     """Latent recurrent pathway: none (baseline), shared or layerwise memory K/V projections."""
@@ -124,7 +134,7 @@ class ModelSettings(_Section):
     """Add gamma_l * m_t to the residual stream before block l."""
     kv_projection: bool = True
     """Mix projected memory into each layer's keys and values (gated per head)."""
-    gamma_init: float = 0.1
+    gamma_init: float = Field(0.1, ge=-100, le=100)
     """Initial residual-injection scale."""
     identity_init: bool = False
     """Zero-initialise the pathway so LRT equals the baseline at step 0."""
@@ -152,11 +162,11 @@ class StrategySettings(_Section):
     name: Literal["none", "interleaved", "multi_refine", "chunked", "sequential"] = "none"
     """none (baseline), interleaved (S strided subsets), multi_refine (K Jacobi passes), chunked
     (memory crosses chunk boundaries only) or sequential (exact, slow; for verification)."""
-    subsets: int = Field(2, ge=1)
+    subsets: int = Field(2, ge=1, le=1 << 20)
     """S for interleaved."""
-    refine_steps: int = Field(1, ge=0)
+    refine_steps: int = Field(1, ge=0, le=1000)
     """K for multi_refine."""
-    chunk_size: int = Field(64, ge=1)
+    chunk_size: int = Field(64, ge=1, le=1 << 20)
     """C for chunked."""
     detach: bool = False
     """Cut gradients through the buffer read by later passes."""
@@ -164,6 +174,13 @@ class StrategySettings(_Section):
     """interleaved: recompute not-yet-visited K/V rows after each subset pass."""
     loss_weights: list[float] | None = None
     """Weights over passes (init pass first); None = plain mean."""
+
+    @field_validator("loss_weights")
+    @classmethod
+    def _check_weights(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None and (any(w < 0 for w in value) or not sum(value) > 0):
+            raise ValueError(f"loss_weights={value} must be >= 0 with a positive sum")
+        return value
 
     def to_config(self) -> StrategyConfig:
         """Build the `lrt.StrategyConfig`."""
@@ -222,25 +239,25 @@ class TrainSettings(_Section):
     """Autocast dtype; auto = bfloat16 on cuda, float32 on cpu."""
     compile: bool = False
     """torch.compile the model."""
-    total_batch_tokens: int = Field(4096, ge=1)
+    total_batch_tokens: int = Field(4096, ge=1, le=1 << 34)
     """Tokens per optimizer step (gradient accumulation fills it)."""
-    device_batch_size: int = Field(16, ge=1)
+    device_batch_size: int = Field(16, ge=1, le=1 << 20)
     """Sequences per forward/backward micro-batch."""
-    max_steps: int | None = Field(150, ge=1)
+    max_steps: int | None = Field(150, ge=1, le=1 << 40)
     """Optimizer steps; None = derive from tokens_per_param."""
-    tokens_per_param: float | None = Field(None, gt=0)
+    tokens_per_param: float | None = Field(None, gt=0, le=1e6)
     """Training tokens per model parameter, used when max_steps is None."""
-    matrix_lr: float = Field(0.02, ge=0)
+    matrix_lr: float = Field(0.02, ge=0, le=MAX_LR)
     """Learning rate of matrix parameters (Muon in nanochat; AdamW fallback)."""
-    embedding_lr: float = Field(0.2, ge=0)
+    embedding_lr: float = Field(0.2, ge=0, le=MAX_LR)
     """Learning rate of the token embedding."""
-    unembedding_lr: float = Field(0.004, ge=0)
+    unembedding_lr: float = Field(0.004, ge=0, le=MAX_LR)
     """Learning rate of the LM head."""
-    scalar_lr: float = Field(0.02, ge=0)
+    scalar_lr: float = Field(0.02, ge=0, le=MAX_LR)
     """Learning rate of scalars and gates (gamma, per-head gate weights)."""
-    weight_decay: float = Field(0.0, ge=0)
+    weight_decay: float = Field(0.0, ge=0, le=100)
     """Weight decay for matrix parameters."""
-    grad_clip: float = Field(1.0, ge=0)
+    grad_clip: float = Field(1.0, ge=0, le=1e6)
     """Global gradient-norm clip; 0 disables it."""
     warmup_ratio: float = Field(0.0, ge=0, le=1)
     """Fraction of steps with linear LR warm-up."""
@@ -257,12 +274,23 @@ class TrainSettings(_Section):
     """Steps between training-log rows (train_log.csv, MLflow)."""
     eval_every: int = Field(50, ge=0)
     """Steps between validation-loss checks; 0 = only at the end."""
-    eval_tokens: int = Field(32768, ge=1)
+    eval_tokens: int = Field(32768, ge=1, le=1 << 40)
     """Validation tokens per check."""
     checkpoint_every: int = Field(0, ge=0)
     """Steps between resumable checkpoints; 0 = only the final one."""
     seed: int = 42
     """Seed of model init, data order and dropout-free RNG state."""
+    nonfinite_skips: int = Field(0, ge=0, le=10_000)
+    """Optimizer steps with a non-finite loss or gradient that may be skipped (not applied,
+    counted in train_metrics.json) before the run stops with an error; 0 = stop at the first.
+    The run never writes a checkpoint or model.pt with non-finite weights."""
+    max_memory_gb: float | None = Field(None, gt=0, le=1 << 20)
+    """Memory a run may use on its device, in GiB; None = the device's total memory (CPU:
+    physical RAM). A model whose estimated training memory (weights, gradients, optimizer
+    state, activations) exceeds it is refused before anything is allocated."""
+    allow_mismatch: bool = False
+    """Evaluate, resume or sample a model with a tokenizer or shard set other than the ones
+    it was trained on (both recorded in model.pt and its checkpoints); false = refused."""
     out_dir: str = "runs"
     """Output root: `{out_dir}/{variant}/model.pt, metrics.json, train_log.csv`."""
 
@@ -328,7 +356,7 @@ class EvalSettings(_Section):
     """Prompts for the text samples shown in the report."""
     max_new_tokens: int = Field(48, ge=1)
     """Tokens generated per sample."""
-    temperature: float = Field(0.0, ge=0)
+    temperature: float = Field(0.0, ge=0, le=100)
     """Sampling temperature for samples; 0 = greedy."""
     seed: int = 0
     """Seed of sampling and item selection."""

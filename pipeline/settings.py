@@ -455,7 +455,9 @@ def _format_errors(
             lines.append(msg)
             continue
         loc = prefix + loc
-        where = f" (from {provenance[loc]})" if provenance and loc in provenance else ""
+        # `strategy.loss_weights.1` came from wherever `strategy.loss_weights` did.
+        known = [k for k in (provenance or {}) if loc == k or loc.startswith(k + ".")]
+        where = f" (from {provenance[max(known, key=len)]})" if provenance and known else ""
         value = "" if isinstance(err.get("input"), Mapping) else f" = {err['input']!r}"
         lines.append(f"{loc}{value}{where}: {msg}")
     return "; ".join(lines)

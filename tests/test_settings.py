@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 
 import pytest
@@ -214,3 +215,53 @@ def test_docs_list_every_setting() -> None:
         assert f"### `{name}`" in doc, name
         for field in cls.model_fields:
             assert f"| `{field}` |" in doc, f"docs/PIPELINE.md lacks {name}.{field}"
+
+
+def _has_float(annotation: object) -> bool:
+    return annotation is float or any(_has_float(a) for a in typing.get_args(annotation))
+
+
+def _float_keys() -> list[str]:
+    """Every float-valued setting (plain, optional or a list of floats), as `section.field`."""
+    keys = []
+    for name, cls in SECTIONS.items():
+        for field, info in cls.model_fields.items():
+            if _has_float(info.annotation):
+                keys.append(f"{name}.{field}")
+    return keys
+
+
+@pytest.mark.parametrize("value", [".inf", "-.inf", ".nan"])
+def test_every_float_setting_refuses_non_finite_values(value: str) -> None:
+    """The class of `train.matrix_lr=.inf` / `model.gamma_init=.nan`: no float setting accepts
+    a non-finite value, from --set, the environment or a variant override."""
+    keys = _float_keys()
+    assert {"train.matrix_lr", "model.gamma_init", "strategy.loss_weights"} <= set(keys)
+    for key in keys:
+        raw = f"[1.0, {value}]" if key == "strategy.loss_weights" else value
+        with pytest.raises(SettingsError, match=key.split(".")[1]) as info:
+            load_settings(None, [f"{key}={raw}"], env={})
+        assert "finite" in str(info.value), (key, str(info.value))
+    env = {"LRT_TRAIN__MATRIX_LR": value}
+    with pytest.raises(SettingsError, match=r"train\.matrix_lr .*env LRT_TRAIN__MATRIX_LR"):
+        load_settings(None, env=env)
+    with pytest.raises(SettingsError, match="gamma_init.*finite"):
+        load_settings(None, [f"train.variants.lrt.model.gamma_init={value}"], env={})
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.depth=100000", "model.depth = 100000 .*less than or equal to 512"),
+        ("model.n_embd=10000000", "model.n_embd"),
+        ("train.matrix_lr=2e5", "train.matrix_lr"),
+        ("tokenizer.vocab_size=1e9", "tokenizer.vocab_size"),
+        ("strategy.loss_weights=[0, 0]", "positive sum"),
+        ("strategy.loss_weights=[1, -1]", ">= 0"),
+        ("train.max_memory_gb=0", "train.max_memory_gb"),
+        ("train.nonfinite_skips=-1", "train.nonfinite_skips"),
+    ],
+)
+def test_out_of_range_values_are_refused_with_the_key(override: str, message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        load_settings(None, [override], env={})
