@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from pipeline.eval_bundle import core_status
 from pipeline.evaluation.bpb import bpb_metrics, evaluate_bpb, lrt_loss_fns, supported_modes
 from pipeline.evaluation.core import core_metrics, evaluate_core, load_tasks, lrt_scorer
 from pipeline.evaluation.icl import evaluate_synthetic, in_context_gain
@@ -170,7 +171,9 @@ def evaluate_model(
     score_modes = CORE_MODES_LRT if cfg.has_pathway else ("init",)
     core_dir = Path(ev.core_dir)
     tasks = load_tasks(core_dir) if core_dir.is_dir() else []
+    details["core_status"] = core_status(core_dir, len(tasks))
     if tasks:
+        log.info("%s", details["core_status"]["message"])
         t0 = time.perf_counter()
         core = evaluate_core(
             tasks,
@@ -191,8 +194,7 @@ def evaluate_model(
         ]
         timings["core"] = time.perf_counter() - t0
     else:
-        log.warning("CORE skipped: no task files in %s (eval.core_dir)", core_dir)
-        details["core_skipped"] = f"no task files in {core_dir}"
+        log.warning("%s", details["core_status"]["message"])
 
     # -- ICL synthetic tasks --------------------------------------------------------------------
     if ev.icl_enabled:

@@ -1,0 +1,9 @@
+"""DVC stage `eval_bundle` (see dvc.yaml): nanochat's CORE eval bundle into data/eval_bundle.
+Run: python -m stages.eval_bundle"""
+
+import sys
+
+from pipeline.eval_bundle import stage_main
+
+if __name__ == "__main__":
+    sys.exit(stage_main(sys.argv[1:]))

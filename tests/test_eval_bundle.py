@@ -1,0 +1,208 @@
+"""The eval-bundle source against a real HTTP server on 127.0.0.1 (http.server in a thread).
+
+The server serves a fixture bundle built here at runtime (tiny synthetic CORE tasks in nanochat's
+layout: `eval_bundle/core.yaml`, `eval_meta_data.csv`, `eval_data/*.jsonl`); one route drops the
+connection halfway through the first transfer (the download must resume with Range), another
+serves bytes that do not match the expected hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import threading
+import zipfile
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from pipeline.eval_bundle import (
+    STATUS_FILE,
+    EvalBundleError,
+    bundle_status,
+    core_status,
+    fetch_bundle,
+    prepare_bundle,
+)
+from pipeline.evaluation.core import load_items, load_tasks
+from pipeline.sources import DownloadError
+
+CORE_YAML = """\
+icl_tasks:
+- label: tiny_mc
+  dataset_uri: reasoning/tiny_mc.jsonl
+  num_fewshot: [1]
+  icl_task_type: multiple_choice
+  continuation_delimiter: "\\nAnswer: "
+- label: tiny_lm
+  dataset_uri: language/tiny_lm.jsonl
+  num_fewshot: [0]
+  icl_task_type: language_modeling
+  continuation_delimiter: " "
+"""
+META_CSV = (
+    "Eval Task,Task Category,Task Type,#shots,Random baseline,Centered Metric?\n"
+    "tiny_mc,reasoning,multiple_choice,1,25,\ntiny_lm,language,language_modeling,0,0,\n"
+)
+
+
+def make_bundle() -> bytes:
+    """A zip in nanochat's layout with two synthetic tasks (random filler so it is not tiny)."""
+    import random
+
+    rng = random.Random(0)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("eval_bundle/core.yaml", CORE_YAML)
+        zf.writestr("eval_bundle/eval_meta_data.csv", META_CSV)
+        mc = [
+            {"query": f"q{i} {rng.random():.9f}", "choices": ["a", "b", "c", "d"], "gold": i % 4}
+            for i in range(400)
+        ]
+        lm = [{"context": f"count {i}", "continuation": str(i + 1)} for i in range(400)]
+        zf.writestr(
+            "eval_bundle/eval_data/reasoning/tiny_mc.jsonl",
+            "".join(json.dumps(x) + "\n" for x in mc),
+        )
+        zf.writestr(
+            "eval_bundle/eval_data/language/tiny_lm.jsonl",
+            "".join(json.dumps(x) + "\n" for x in lm),
+        )
+    return buf.getvalue()
+
+
+class _Server:
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+        self.requests: list[tuple[str, str | None]] = []  # (path, Range header)
+        self.dropped = False
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:  # keep pytest output clean
+                pass
+
+            def do_GET(self) -> None:
+                rng = self.headers.get("Range")
+                server.requests.append((self.path, rng))
+                if self.path == "/missing.zip":
+                    self.send_error(404)
+                    return
+                body = server.payload
+                if self.path == "/corrupt.zip":
+                    body = body[:-100] + bytes(100)
+                start = 0
+                if rng and self.path != "/norange.zip":
+                    start = int(rng.removeprefix("bytes=").split("-")[0])
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+                else:
+                    self.send_response(200)
+                self.send_header("Content-Length", str(len(body) - start))
+                self.end_headers()
+                chunk = body[start:]
+                if self.path == "/flaky.zip" and not server.dropped:
+                    server.dropped = True  # the first transfer stops halfway
+                    self.wfile.write(chunk[: len(chunk) // 2])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
+                self.wfile.write(chunk)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def payload() -> bytes:
+    return make_bundle()
+
+
+@pytest.fixture()
+def server(payload: bytes) -> Iterator[_Server]:
+    srv = _Server(payload)
+    yield srv
+    srv.close()
+
+
+def test_download_extract_and_load_tasks(server: _Server, payload: bytes, tmp_path: Path) -> None:
+    out = tmp_path / "data" / "eval_bundle"
+    sha = hashlib.sha256(payload).hexdigest()
+    status = fetch_bundle(out, f"{server.url}/eval_bundle.zip", sha256=sha, backoff_s=0)
+    assert status["available"] and status["sha256"] == sha and status["tasks"] == 2
+    assert bundle_status(out) == status
+    tasks = {t.name: t for t in load_tasks(out)}
+    assert set(tasks) == {"tiny_mc", "tiny_lm"}
+    assert tasks["tiny_mc"].random_baseline == 25.0 and tasks["tiny_mc"].shots == 1
+    assert tasks["tiny_mc"].delimiter == "\nAnswer: "
+    assert len(load_items(tasks["tiny_lm"])) == 400
+    # nothing half-done is left beside the bundle
+    assert sorted(p.name for p in out.parent.iterdir()) == ["eval_bundle", "eval_bundle.zip"]
+    assert core_status(out, len(tasks))["available"]
+
+    # a second run reuses the verified archive: no request
+    before = len(server.requests)
+    fetch_bundle(out, f"{server.url}/eval_bundle.zip", sha256=sha, backoff_s=0)
+    assert len(server.requests) == before
+
+
+def test_resumes_after_a_dropped_connection(
+    server: _Server, payload: bytes, tmp_path: Path
+) -> None:
+    out = tmp_path / "eval_bundle"
+    sha = hashlib.sha256(payload).hexdigest()
+    status = fetch_bundle(out, f"{server.url}/flaky.zip", sha256=sha, backoff_s=0)
+    assert status["available"] and status["sha256"] == sha
+    assert server.requests[0] == ("/flaky.zip", None)
+    # the retry asked only for the bytes the first transfer did not deliver
+    path, rng = server.requests[1]
+    offset = int(rng.removeprefix("bytes=").rstrip("-"))
+    assert path == "/flaky.zip" and 0 < offset < len(payload)
+    assert len(load_tasks(out)) == 2
+
+
+def test_hash_mismatch_is_a_clear_error(server: _Server, payload: bytes, tmp_path: Path) -> None:
+    out = tmp_path / "eval_bundle"
+    good = fetch_bundle(out, f"{server.url}/eval_bundle.zip", backoff_s=0)  # an old bundle
+    (out.with_name("eval_bundle.zip")).unlink()
+    sha = hashlib.sha256(payload).hexdigest()
+    with pytest.raises(EvalBundleError, match=r"sha256 [0-9a-f]{64} != expected .*deleted"):
+        prepare_bundle(out, f"{server.url}/corrupt.zip", sha256=sha, backoff_s=0)
+    # the bad archive is gone and the old bundle untouched
+    assert not out.with_name("eval_bundle.zip").exists()
+    assert bundle_status(out) == good
+
+
+def test_corrupt_archive_without_a_hash_fails_its_crc(server: _Server, tmp_path: Path) -> None:
+    with pytest.raises(EvalBundleError, match="CRC|not a zip"):
+        fetch_bundle(tmp_path / "b", f"{server.url}/corrupt.zip", backoff_s=0)
+
+
+def test_unreachable_server_writes_an_unavailable_status(server: _Server, tmp_path: Path) -> None:
+    out = tmp_path / "eval_bundle"
+    status = prepare_bundle(out, f"{server.url}/missing.zip", retries=0, backoff_s=0)
+    assert status["available"] is False and "HTTP 404" in status["reason"]
+    assert "dvc repro -f -s eval_bundle" in status["message"]
+    assert [p.name for p in out.iterdir()] == [STATUS_FILE]
+    assert load_tasks(out) == []
+    said = core_status(out, 0)
+    assert not said["available"] and said["message"].startswith("CORE skipped: eval bundle")
+    assert "with network" in said["message"]
+    with pytest.raises(DownloadError):  # fetch_bundle itself does raise
+        fetch_bundle(tmp_path / "other", f"{server.url}/missing.zip", retries=0, backoff_s=0)
+
+
+def test_core_status_without_a_bundle_says_how_to_get_it(tmp_path: Path) -> None:
+    said = core_status(tmp_path / "nowhere", 0)
+    assert not said["available"]
+    assert "python -m stages.eval_bundle" in said["message"]
+    assert "eval.core_dir" in said["message"]
