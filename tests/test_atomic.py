@@ -54,9 +54,9 @@ def test_second_writer_is_refused_naming_the_holder_and_a_killed_holder_is_taken
     )
     try:
         assert child.stdout is not None and child.stdout.readline().strip() == "held"
-        with pytest.raises(OutputLockedError, match=rf"pid {child.pid} on .* since 20"):
-            with locked(folder):
-                pass
+        match = rf"pid {child.pid} on .* since 20"
+        with pytest.raises(OutputLockedError, match=match), locked(folder):
+            pass
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait()
@@ -95,10 +95,9 @@ def test_failure_leaves_the_old_folder_byte_identical(tmp_path: Path) -> None:
     folder = tmp_path / "tokens"
     _fill(folder)
     before = tree_hash(folder)
-    with pytest.raises(RuntimeError, match="boom"):
-        with output_dir(folder, owned=_ours) as staging:
-            (staging / "manifest.json").write_text("half")
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), output_dir(folder, owned=_ours) as staging:
+        (staging / "manifest.json").write_text("half")
+        raise RuntimeError("boom")
     assert tree_hash(folder) == before
     assert leftovers(folder) == []
 
@@ -120,9 +119,8 @@ def test_half_done_two_rename_swap_is_rolled_back_and_leftovers_removed(
         real_rename(src, dst)
 
     monkeypatch.setattr(atomic.os, "rename", dying_rename)
-    with pytest.raises(KeyboardInterrupt):
-        with output_dir(folder, owned=_ours) as staging:
-            (staging / "manifest.json").write_text("new")
+    with pytest.raises(KeyboardInterrupt), output_dir(folder, owned=_ours) as staging:
+        (staging / "manifest.json").write_text("new")
     monkeypatch.setattr(atomic.os, "rename", real_rename)
     assert not folder.exists()  # what a kill at that instant leaves
     assert any(p.name.startswith(".tokens.old-") for p in leftovers(folder))
@@ -137,11 +135,11 @@ def test_half_done_two_rename_swap_is_rolled_back_and_leftovers_removed(
 
 def test_partial_staging_survives_failure_and_is_resumed(tmp_path: Path) -> None:
     folder = tmp_path / "run"
-    with pytest.raises(RuntimeError):
-        with output_dir(folder, owned=lambda n: True, partial=True) as staging:
-            (staging / "ckpt").mkdir()
-            (staging / "ckpt" / "step_1.pt").write_bytes(b"1")
-            raise RuntimeError("killed")
+    first = output_dir(folder, owned=lambda n: True, partial=True)
+    with pytest.raises(RuntimeError), first as staging:
+        (staging / "ckpt").mkdir()
+        (staging / "ckpt" / "step_1.pt").write_bytes(b"1")
+        raise RuntimeError("killed")
     assert not folder.exists()
     with output_dir(folder, owned=lambda n: True, partial=True, resume=True) as staging:
         assert (staging / "ckpt" / "step_1.pt").read_bytes() == b"1"
