@@ -23,15 +23,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lrt.attention import attention_mask
-from lrt.model import KV, LRT
+from lrt.attention import attention_mask, window_needed
+from lrt.backbone import KV
+from lrt.backbone import Backbone as LRT  # every decoder runs on the backbone's passes
+from lrt.passes import merged_hidden, run_interleaved
+from lrt.static_decode import StaticDecoder
 
 # ---------------------------------------------------------------------------------------------
 # State
 
 
 class KVCache:
-    """Per-layer K/V (B, H, max_len, D), allocated on first write with the K/V dtype."""
+    """Per-layer K/V (B, Hkv, max_len, D), allocated on first write with the K/V dtype."""
 
     def __init__(self, n_layer: int, max_len: int) -> None:
         self.n_layer = n_layer
@@ -55,21 +58,26 @@ class KVCache:
         return kc[:, :, : self.pos + t], vc[:, :, : self.pos + t]
 
     def pass_context(
-        self, cos: Tensor, sin: Tensor, t: int, rope_len: int
-    ) -> tuple[Tensor, Tensor, Tensor | None, object]:
-        """Rotary rows, query positions and mask of a pass that appends t tokens at `pos`.
+        self, cos: Tensor, sin: Tensor, t: int, rope_len: int, windows: list[int] | None = None
+    ) -> tuple[Tensor, Tensor, Tensor | None, dict[int, object]]:
+        """Rotary rows, query positions and per-window masks of a pass that appends t tokens
+        at `pos` (`windows`: the model's per-layer window sizes).
 
-        One token needs no mask (every cached key is in its past); several tokens attend
-        causally by position pos + row.
+        One token needs no mask (every cached key is in its past) unless its layer's window
+        excludes early keys; several tokens attend causally by position pos + row.
         """
         p0 = self.pos
         if p0 + t > rope_len:
             raise ValueError(f"decoding past the rotary table ({p0 + t} > {rope_len})")
-        q_pos, mask = None, None
-        if t > 1:
+        tk = p0 + t
+        masks: dict[int, object] = dict.fromkeys(windows or [])
+        q_pos = None
+        if t > 1 or any(window_needed(w, tk) for w in masks):
             q_pos = p0 + torch.arange(t, device=cos.device)
-            mask = attention_mask(q_pos, t, p0 + t, cos.device, ("cache", p0, t))
-        return cos[p0 : p0 + t], sin[p0 : p0 + t], q_pos, mask
+            for w in masks:
+                if t > 1 or window_needed(w, tk):
+                    masks[w] = attention_mask(q_pos, t, tk, cos.device, ("cache", p0, t), w)
+        return cos[p0:tk], sin[p0:tk], q_pos, masks
 
     def advance(self, t: int) -> None:
         self.pos += t
@@ -102,8 +110,6 @@ def decode_step(model: LRT, state: DecodeState, tokens: Tensor) -> Tensor:
 def _static_decoder(model: LRT, batch_size: int, max_len: int):
     """A `StaticDecoder` that decodes under the caller's autocast dtype (none if autocast is
     off), so static and eager decoding compute in the same precision."""
-    from lrt.static_decode import StaticDecoder
-
     dev = model.device.type
     amp = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
     return StaticDecoder(model, batch_size, max_len, autocast_dtype=amp)
@@ -136,8 +142,6 @@ def prefill(
         for i in range(prompt.size(1)):
             logits = decode_step(model, state, prompt[:, i])
         return logits
-    from lrt.strategies import merged_hidden, run_interleaved
-
     if subsets < prompt.size(1):
         warnings.warn(
             f"approximate prefill: interleaved with S={subsets} < prompt length "

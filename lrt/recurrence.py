@@ -9,8 +9,12 @@ states; `shift_right` turns them into memory). This module owns the pathway para
                        k <- k + g * k_fb,  v <- v + g * v_fb  before RoPE and QK-norm
 
 `shared` keeps one (Wk_m, Wv_m) for all layers; `layerwise` one per layer. Gates are always
-per layer (n_embd x n_head each, tiny). The KV cache keeps its shape: memory only changes the
+per layer (n_embd x n_kv_head each, tiny). The KV cache keeps its shape: memory only changes the
 values written into it.
+
+`official` (the authors' arm) keeps gamma and per-layer (Wk_m, Wv_m) here, plus a token-indexed
+init value embedding per layer (`init_value_embeds`, keyed str(layer)); its triple gate lives
+on each attention (`blocks[i].attn.triple_gate`), since it also gates the local k and v.
 """
 
 from __future__ import annotations
@@ -35,21 +39,31 @@ class LatentPathway(nn.Module):
     def __init__(self, cfg: LRTConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        c, h, n = cfg.n_embd, cfg.n_head, cfg.n_layer
+        c, h, n, ckv = cfg.n_embd, cfg.n_kv_head, cfg.n_layer, cfg.kv_dim
         self.gamma = nn.Parameter(torch.empty(n)) if cfg.residual_injection else None
+        self.gates = self.init_value_embeds = None
         if cfg.kv_projection:
             n_proj = 1 if cfg.pathway == "shared" else n
-            self.k_proj = nn.ModuleList(nn.Linear(c, c, bias=False) for _ in range(n_proj))
-            self.v_proj = nn.ModuleList(nn.Linear(c, c, bias=False) for _ in range(n_proj))
-            self.gates = nn.ModuleList(nn.Linear(c, h, bias=False) for _ in range(n))
+            self.k_proj = nn.ModuleList(nn.Linear(c, ckv, bias=False) for _ in range(n_proj))
+            self.v_proj = nn.ModuleList(nn.Linear(c, ckv, bias=False) for _ in range(n_proj))
+            if cfg.pathway != "official":
+                self.gates = nn.ModuleList(nn.Linear(c, h, bias=False) for _ in range(n))
         else:
-            self.k_proj = self.v_proj = self.gates = None
+            self.k_proj = self.v_proj = None
+        if cfg.pathway == "official":
+            vp = cfg.padded_vocab_size
+            self.init_value_embeds = nn.ModuleDict(
+                {str(i): nn.Embedding(vp, ckv) for i in range(n)}
+            )
 
     @torch.no_grad()
     def init_weights(self) -> None:
-        """gamma = gamma_init; Wk_m, Wv_m like the block's c_v; Wg = 0 (gates start at 1).
+        """gamma = gamma_init; Wk_m, Wv_m and the init value embeddings like the block's c_v
+        (uniform, std 1/sqrt(C)); Wg = 0 (gates start at 1). The official arm's triple gate is
+        zeroed by the model's `init_weights`.
 
-        identity_init zeroes gamma and Wk_m, Wv_m, so the model starts equal to the baseline.
+        identity_init zeroes gamma and Wk_m, Wv_m, so the model starts equal to the baseline
+        (for shared/layerwise; the official arm's init value embeddings still differ from it).
         """
         cfg = self.cfg
         if self.gamma is not None:
@@ -61,8 +75,12 @@ class LatentPathway(nn.Module):
                     nn.init.zeros_(lin.weight)
                 else:
                     nn.init.uniform_(lin.weight, -s, s)
-            for lin in self.gates:
+            for lin in self.gates or []:
                 nn.init.zeros_(lin.weight)
+        if self.init_value_embeds is not None:
+            s = math.sqrt(3.0 / cfg.n_embd)
+            for emb in self.init_value_embeds.values():
+                nn.init.uniform_(emb.weight, -s, s)
 
     # -----------------------------------------------------------------------------------------
 
@@ -76,7 +94,7 @@ class LatentPathway(nn.Module):
         """(k_fb, v_fb) for `layer`, each (B, T, H, D)."""
         b, t, _ = memory.shape
         i = 0 if len(self.k_proj) == 1 else layer
-        shape = (b, t, self.cfg.n_head, self.cfg.head_dim)
+        shape = (b, t, self.cfg.n_kv_head, self.cfg.head_dim)
         return self.k_proj[i](memory).view(shape), self.v_proj[i](memory).view(shape)
 
     def all_memory_kv(
@@ -92,8 +110,8 @@ class LatentPathway(nn.Module):
         n_proj = len(self.k_proj)
         if stacked is not None:
             b, t, _ = memory.shape
-            shape = (b, t, self.cfg.n_head, self.cfg.head_dim)
-            parts = F.linear(memory, stacked).split(self.cfg.n_embd, dim=-1)
+            shape = (b, t, self.cfg.n_kv_head, self.cfg.head_dim)
+            parts = F.linear(memory, stacked).split(self.cfg.kv_dim, dim=-1)
             kvs = [(parts[2 * j].reshape(shape), parts[2 * j + 1].reshape(shape))
                    for j in range(n_proj)]  # fmt: skip
             return kvs * self.cfg.n_layer if n_proj == 1 else kvs
@@ -102,7 +120,8 @@ class LatentPathway(nn.Module):
         return [self.memory_kv(memory, i) for i in range(self.cfg.n_layer)]
 
     def gate(self, xn: Tensor, layer: int) -> Tensor:
-        """Per-head mixing gate 2*sigmoid(Wg RMSNorm(x)): (B, T, H), in (0, 2), 1 at init."""
+        """Per-KV-head mixing gate 2*sigmoid(Wg RMSNorm(x)): (B, T, Hkv), in (0, 2), 1 at init
+        (shared/layerwise only)."""
         return gate_activation(self.gates[layer](xn))
 
 

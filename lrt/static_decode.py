@@ -9,7 +9,8 @@ and replayed as a single CUDA graph launch; only the work itself remains.
 What is static here:
 - `StaticKVCache`: per-layer K/V of shape (B, H, max_len, D), allocated (zeroed) up front. The
   write position is a device tensor `pos` (1,) advanced in place; a step writes row `pos` with
-  `index_copy_` and attends to all max_len rows under the mask `key <= pos`. Rows past `pos`
+  `index_copy_` and attends to all max_len rows under the mask `key <= pos` (and
+  `pos - key <= window` on sliding-window layers, one mask per distinct window). Rows past `pos`
   are masked out, so the result equals the growing cache of `lrt.decode.KVCache` (the step
   costs attention over max_len keys instead of pos + 1; keep max_len to what you decode).
 - `StaticDecoder`: owns the cache, the memory (B, 1, C), the input tokens (B, 1) and the
@@ -35,14 +36,17 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from lrt.model import KV, LRT
+from lrt.attention import window_needed
+from lrt.backbone import KV
+from lrt.backbone import Backbone as LRT
 
 
 class StaticKVCache:
     """Fixed-size K/V per layer plus a device-side write position (see the module docstring).
 
     Args:
-        n_layer, batch_size, n_head, head_dim, max_len: cache shape (B, H, max_len, D) per layer.
+        n_layer, batch_size, n_head, head_dim, max_len: cache shape (B, H, max_len, D) per
+            layer (H: the model's n_kv_head).
         device, dtype: where and in what dtype K/V are stored (the dtype of the model's K/V:
             its parameter dtype, or bf16 for a model run in bf16).
     """
@@ -72,9 +76,10 @@ class StaticKVCache:
         self.keys = torch.arange(rows, device=device)
 
     def pass_context(
-        self, cos: Tensor, sin: Tensor, t: int, rope_len: int
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Rotary rows at `pos`, q_pos = pos and the (1, rows) mask `key <= pos`.
+        self, cos: Tensor, sin: Tensor, t: int, rope_len: int, windows: list[int] | None = None
+    ) -> tuple[Tensor, Tensor, Tensor, dict[int, Tensor]]:
+        """Rotary rows at `pos`, q_pos = pos and per layer window the (1, rows) mask
+        `key <= pos` (`& pos - key <= window` where the window can exclude a cached key).
 
         Only t == 1 (one token per step). Bounds (pos < max_len <= rope_len) are the caller's
         to check on the host (`StaticDecoder` counts steps): reading `pos` here would
@@ -84,8 +89,13 @@ class StaticKVCache:
             raise ValueError(f"a static cache decodes one token per step, got {t}")
         if self.max_len > rope_len:
             raise ValueError(f"max_len {self.max_len} exceeds the rotary table ({rope_len})")
-        mask = (self.keys <= self.pos).unsqueeze(0)  # (Tq=1, Tk)
-        return cos.index_select(0, self.pos), sin.index_select(0, self.pos), self.pos, mask
+        causal = self.keys <= self.pos
+        masks: dict[int, Tensor] = {}
+        for w in dict.fromkeys(windows or []):
+            windowed = window_needed(w, self.max_len)
+            m = causal & (self.pos - self.keys <= w) if windowed else causal
+            masks[w] = m.unsqueeze(0)  # (Tq=1, Tk)
+        return cos.index_select(0, self.pos), sin.index_select(0, self.pos), self.pos, masks
 
     def update(self, layer: int, k: Tensor, v: Tensor) -> KV:
         """Write k, v (B, H, 1, D) at row pos in place; return the whole (B, H, rows, D)."""
@@ -157,7 +167,7 @@ class StaticDecoder:
         self.autocast_dtype = autocast_dtype
         dtype = model.wte.weight.dtype
         self.cache = StaticKVCache(
-            cfg.n_layer, batch_size, cfg.n_head, cfg.head_dim, max_len, device,
+            cfg.n_layer, batch_size, cfg.n_kv_head, cfg.head_dim, max_len, device,
             autocast_dtype or dtype,
         )  # fmt: skip
         self.tokens = torch.zeros(batch_size, 1, dtype=torch.long, device=device)

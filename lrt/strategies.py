@@ -35,27 +35,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lrt.attention import attention_masks
+from lrt.backbone import Backbone
 from lrt.config import StrategyConfig
-from lrt.model import KV, LRT
-from lrt.recurrence import shift_right
-
-
-@dataclass
-class Piece:
-    """Part of a logical pass: final states `hidden` (B, Tp, C) at `positions` (Tp,) or all."""
-
-    positions: Tensor | None
-    hidden: Tensor
-
-
-@dataclass
-class Run:
-    """All passes of one strategy on one batch, plus the state the last pass left behind."""
-
-    passes: list[list[Piece]]
-    source: Tensor  # (B, T, C) latest source states (memory of position t+1 is source[:, t])
-    buffer: list[KV]  # per layer (K, V) (B, H, T, D), latest rows
+from lrt.decode import sequential_forward, sequential_losses
+from lrt.passes import (  # noqa: F401 - re-exported: the schedules used to live here
+    Piece,
+    Run,
+    merged_hidden,
+    refresh_kv,
+    run_chunked,
+    run_interleaved,
+    run_multi_refine,
+    run_none,
+    run_passes,
+)
 
 
 @dataclass
@@ -69,155 +62,11 @@ class TrainOutput:
 
 
 # ---------------------------------------------------------------------------------------------
-# Pass schedules
-
-
-def _zeros_memory(model: LRT, idx: Tensor) -> Tensor:
-    b, t = idx.shape
-    return torch.zeros(b, t, model.config.n_embd, device=idx.device, dtype=model.wte.weight.dtype)
-
-
-def _detached(buffer: list[KV]) -> list[KV]:
-    return [(k.detach(), v.detach()) for k, v in buffer]
-
-
-def _pad_rows(kv: Tensor, pad: int) -> Tensor:
-    """(B, H, T, D) -> (B, H, T + pad, D), zero rows appended, laid out (B, T, H, D) in memory
-    like every other K/V buffer (see `lrt.model._write_rows`)."""
-    return F.pad(kv.transpose(1, 2), (0, 0, 0, 0, 0, pad)).transpose(1, 2)
-
-
-def run_none(model: LRT, idx: Tensor) -> Run:
-    out = model(idx, _zeros_memory(model, idx))
-    return Run([[Piece(None, out.hidden)]], out.source, out.kv)
-
-
-def refresh_kv(
-    model: LRT,
-    buffer: list[KV],
-    pre: list[tuple[Tensor, Tensor, Tensor | None]],
-    source: Tensor,
-    stale: Tensor,
-) -> list[KV]:
-    """Recompute the buffer rows at `stale` (T,) bool positions with memory shift_right(source).
-
-    The init pass's local (pre-RoPE) k, v and its gates are kept; only the memory terms
-    g * Wk_m m and g * Wv_m m change. Cost per layer: two C x C projections over T rows plus
-    RoPE and QK-norm -- no attention, no MLP. Residual injection is not refreshed (it would
-    need the whole layer stack). A no-op without the KV projection.
-    """
-    pw = model.pathway
-    if pw is None or pw.k_proj is None:
-        return buffer
-    t = source.size(1)
-    cos, sin = model.cos[:t], model.sin[:t]
-    mem_kv = pw.all_memory_kv(shift_right(source))
-    keep = stale.view(1, 1, t, 1)
-    out = []
-    for i, ((kb, vb), (k_loc, v_loc, g)) in enumerate(zip(buffer, pre, strict=True)):
-        k, v = model.blocks[i].attn.project_kv(k_loc, v_loc, cos, sin, (g, *mem_kv[i]))
-        out.append((torch.where(keep, k.to(kb.dtype), kb), torch.where(keep, v.to(vb.dtype), vb)))
-    return out
-
-
-def run_interleaved(
-    model: LRT, idx: Tensor, subsets: int, detach: bool = False, refresh: bool = False
-) -> Run:
-    b, t = idx.shape
-    subset_pos = [torch.arange(s, t, subsets, device=idx.device) for s in range(min(subsets, t))]
-    # every subset pass's mask, built here at once: outside the (compilable) passes, shared by
-    # all layers of a pass, and one graph break per step when the whole step is compiled
-    masks = attention_masks(
-        subset_pos, t, idx.device, [("stride", s, subsets, t) for s in range(len(subset_pos))]
-    )
-    init = model(idx, _zeros_memory(model, idx), capture=refresh)
-    passes = [[Piece(None, init.hidden)]]
-    source, buffer = init.source, init.kv
-    pre = init.pre
-    if refresh and detach:
-        pre = [(k.detach(), v.detach(), None if g is None else g.detach()) for k, v, g in pre]
-    visited = torch.zeros(t, dtype=torch.bool, device=idx.device)
-    for pos, mask in zip(subset_pos, masks, strict=True):
-        read_src, read_buf = (source.detach(), _detached(buffer)) if detach else (source, buffer)
-        if refresh:
-            read_buf = refresh_kv(model, read_buf, pre, read_src, ~visited)
-        memory = shift_right(read_src)[:, pos]  # (B, T/S, C): source at t-1
-        out = model(idx[:, pos], memory, positions=pos, buffer=read_buf, attn_mask=mask)
-        buffer = out.kv
-        source = source.index_copy(1, pos, out.source)
-        visited = visited.index_fill(0, pos, True)
-        passes.append([Piece(pos, out.hidden)])
-    return Run(passes, source, buffer)
-
-
-def run_multi_refine(model: LRT, idx: Tensor, steps: int, detach: bool = False) -> Run:
-    memory = _zeros_memory(model, idx)
-    passes = []
-    for _ in range(steps + 1):
-        out = model(idx, memory)
-        passes.append([Piece(None, out.hidden)])
-        memory = shift_right(out.source.detach() if detach else out.source)
-    return Run(passes, out.source, out.kv)
-
-
-def run_chunked(model: LRT, idx: Tensor, chunk: int, detach: bool = False) -> Run:
-    b, t = idx.shape
-    c0 = min(chunk, t)
-    first = model(idx[:, :c0], _zeros_memory(model, idx[:, :c0]))
-    pieces = [Piece(None if c0 == t else torch.arange(c0, device=idx.device), first.hidden)]
-    pad = t - c0
-    buffer = [(_pad_rows(k, pad), _pad_rows(v, pad)) for k, v in first.kv]
-    source = F.pad(first.source, (0, 0, 0, pad))  # (B, T, C); rows >= c0 unwritten yet
-    starts = list(range(c0, t, chunk))
-    chunk_pos = [torch.arange(a, min(a + chunk, t), device=idx.device) for a in starts]
-    masks = attention_masks(chunk_pos, t, idx.device, [("range", a, chunk, t) for a in starts])
-    for start, pos, mask in zip(starts, chunk_pos, masks, strict=True):
-        read_src, read_buf = (source.detach(), _detached(buffer)) if detach else (source, buffer)
-        memory = F.pad(read_src[:, start - 1 : start], (0, 0, 0, pos.numel() - 1))  # (B, Tc, C)
-        out = model(idx[:, pos], memory, positions=pos, buffer=read_buf, attn_mask=mask)
-        buffer = out.kv
-        source = source.index_copy(1, pos, out.source)
-        pieces.append(Piece(pos, out.hidden))
-    return Run([pieces], source, buffer)
-
-
-def run_passes(model: LRT, idx: Tensor, strategy: StrategyConfig) -> Run:
-    """Run the passes of `strategy` on idx (B, T)."""
-    name = strategy.name
-    if name == "none":
-        return run_none(model, idx)
-    if name == "interleaved":
-        return run_interleaved(model, idx, strategy.subsets, strategy.detach, strategy.refresh_kv)
-    if name == "multi_refine":
-        return run_multi_refine(model, idx, strategy.refine_steps, strategy.detach)
-    if name == "chunked":
-        return run_chunked(model, idx, strategy.chunk_size, strategy.detach)
-    if name == "sequential":
-        return run_chunked(model, idx, 1, strategy.detach)
-    raise ValueError(f"unknown strategy {name!r}")
-
-
-def merged_hidden(run: Run, t: int) -> Tensor:
-    """(B, T, C) final states, each position from the last piece that covered it."""
-    merged = None
-    for pieces in run.passes:
-        for p in pieces:
-            if p.positions is None:
-                merged = p.hidden
-            else:
-                if merged is None:
-                    b, _, c = p.hidden.shape
-                    merged = p.hidden.new_zeros(b, t, c)
-                merged = merged.index_copy(1, p.positions, p.hidden)
-    return merged
-
-
-# ---------------------------------------------------------------------------------------------
 # Losses
 
 
 def forward_train(
-    model: LRT, idx: Tensor, targets: Tensor, strategy: StrategyConfig
+    model: Backbone, idx: Tensor, targets: Tensor, strategy: StrategyConfig
 ) -> TrainOutput:
     """Loss of one batch. idx, targets: (B, T) int64; targets == -1 are ignored.
 
@@ -267,7 +116,7 @@ _MODES = {
 }
 
 
-def _eval_run(model: LRT, idx: Tensor, mode: str, strategy: StrategyConfig) -> Run:
+def _eval_run(model: Backbone, idx: Tensor, mode: str, strategy: StrategyConfig) -> Run:
     if mode not in _MODES:
         raise ValueError(f"unknown mode {mode!r}; expected one of {sorted(_MODES)}")
     s = strategy
@@ -286,18 +135,16 @@ def _eval_run(model: LRT, idx: Tensor, mode: str, strategy: StrategyConfig) -> R
 
 
 @torch.no_grad()
-def mode_logits(model: LRT, idx: Tensor, mode: str, strategy: StrategyConfig) -> Tensor:
+def mode_logits(model: Backbone, idx: Tensor, mode: str, strategy: StrategyConfig) -> Tensor:
     """Logits (B, T, V) of an evaluation mode (see `LRT.token_losses`)."""
     if _MODES.get(mode) == "sequential":
-        from lrt.decode import sequential_forward
-
         return sequential_forward(model, idx)
     return model.head(merged_hidden(_eval_run(model, idx, mode, strategy), idx.size(1)))
 
 
 @torch.no_grad()
 def token_losses(
-    model: LRT,
+    model: Backbone,
     idx: Tensor,
     targets: Tensor,
     mode: str,
@@ -309,8 +156,6 @@ def token_losses(
     The head runs `rows` positions at a time, so full (B, T, V) logits never exist at once.
     """
     if _MODES.get(mode) == "sequential":
-        from lrt.decode import sequential_losses
-
         return sequential_losses(model, idx, targets)
     hidden = merged_hidden(_eval_run(model, idx, mode, strategy), idx.size(1))
     out = torch.empty(targets.shape, device=idx.device, dtype=torch.float32)
@@ -334,7 +179,7 @@ class StrategyStep(nn.Module):
         >>> loss = step(idx, targets).loss                                  # doctest: +SKIP
     """
 
-    def __init__(self, model: LRT, strategy: StrategyConfig) -> None:
+    def __init__(self, model: Backbone, strategy: StrategyConfig) -> None:
         super().__init__()
         self.model = model
         self.strategy = strategy
