@@ -224,9 +224,25 @@ def run_all(settings: Settings, *, variants: Iterable[str] | None = None) -> dic
 # Tokenize
 # ---------------------------------------------------------------------------------------------
 
-_STALE = re.compile(
-    r"^((train|val)_\d+\.bin|manifest\.json|stats\.json|tokenizer.*|part\d+of\d+_.*)$"
+# What `tokenize` writes in its folder (temps included). Everything else there is the user's
+# (a pretrained `tokenizer_gpt.bpe`, notes) and is carried across every re-run untouched.
+_TOKENS_OURS = re.compile(
+    r"^((train|val)_\d+\.bin|manifest\.json|stats\.json|tokenizer\.bpe|part\d+of\d+_.*)"
+    r"(\.tmp.*)?$|^\.tokenizer\.bpe\.tmp.*$"
 )
+
+
+def _tokens_ours(name: str) -> bool:
+    return _TOKENS_OURS.match(name) is not None
+
+
+def _tokens_output(settings: Settings, keep: Any = lambda name: False) -> Any:
+    """The locked, staged tokens folder (`pipeline.atomic.output_dir`)."""
+    from pipeline.atomic import output_dir
+
+    return output_dir(settings.tokenizer.out_dir, owned=_tokens_ours, keep=keep)
+
+
 # Stats of the tokenizer itself (not of the packed data): kept from `--tokenizer-only` to merge.
 _TOKENIZER_STATS = (
     "vocab_size",
@@ -284,13 +300,6 @@ def _train_tokenizer(settings: Settings) -> tuple[Any, dict[str, Any]]:
     return tokenizer, stats
 
 
-def _remove_stale(out: Path) -> None:
-    """Removes a previous configuration's outputs (`_STALE`) from `out`."""
-    for path in out.iterdir():
-        if path.is_file() and _STALE.match(path.name):
-            path.unlink()
-
-
 def _write_stats(out: Path, stats: dict[str, Any]) -> None:
     tmp = out / (STATS_FILE + ".tmp")
     tmp.write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
@@ -308,14 +317,13 @@ def _tokenizer_only(settings: Settings) -> dict[str, Any]:
 
     out = Path(settings.tokenizer.out_dir)
     tokenizer, stats = _train_tokenizer(settings)
-    out.mkdir(parents=True, exist_ok=True)
     path = out / TOKENIZER_FILE
     same = path.is_file() and Tokenizer.load(path).hash == tokenizer.hash
-    if not same:
-        _remove_stale(out)
-        tokenizer.save(path)
-    if not same or not (out / STATS_FILE).is_file():
-        _write_stats(out, stats)
+    # The same tokenizer keeps everything (parts packed with it stay valid); another one
+    # makes every shard, manifest and part stale: the new folder holds only it and user files.
+    with _tokens_output(settings, keep=lambda name: same and name != STATS_FILE) as staging:
+        tokenizer.save(staging / TOKENIZER_FILE)
+        _write_stats(staging, stats)
     return stats
 
 
@@ -352,27 +360,30 @@ def _raw_inputs_id(raw: dict[str, Any]) -> str:
 def _tokenize_part(settings: Settings, part: PartSpec) -> dict[str, Any]:
     """`tokenize --part i/n`: pack documents `(i-1)*N//n .. i*N//n - 1` with the folder's
     tokenizer into `partIIIIofNNNN_*` files."""
-    tok = settings.tokenizer
     raw_dir = Path(settings.data.raw_dir)
     raw = sources.read_raw_manifest(raw_dir)
     from pipeline.shards import MANIFEST_NAME
 
     tokenizer = _part_tokenizer(settings)
-    out = Path(tok.out_dir)
-    # The merged manifest is stale once a part changes; parts of another split (n) are stale.
-    (out / MANIFEST_NAME).unlink(missing_ok=True)
-    for path in out.iterdir():
-        m = PART_FILE.match(path.name)
-        if m and path.is_file() and int(m.group(2)) != part.count:
-            path.unlink()
+
+    def keep(name: str) -> bool:
+        # The merged manifest is stale once a part changes; parts of another split (n) are
+        # stale, and this part's old files are replaced.
+        m = PART_FILE.match(name)
+        if m:
+            return int(m.group(2)) == part.count and int(m.group(1)) != part.index
+        return name != MANIFEST_NAME
+
     start = time.perf_counter()
-    manifest = _pack_raw(
-        settings,
-        tokenizer,
-        part=part,
-        file_documents=[int(e["documents"]) for e in raw["files"]],
-        inputs_id=_raw_inputs_id(raw),
-    )
+    with _tokens_output(settings, keep=keep) as staging:
+        manifest = _pack_raw(
+            settings,
+            tokenizer,
+            staging,
+            part=part,
+            file_documents=[int(e["documents"]) for e in raw["files"]],
+            inputs_id=_raw_inputs_id(raw),
+        )
     return {
         "part": str(part),
         "manifest": part.manifest_name,
@@ -381,8 +392,8 @@ def _tokenize_part(settings: Settings, part: PartSpec) -> dict[str, Any]:
     }
 
 
-def _pack_raw(settings: Settings, tokenizer: Any, **part_args: Any) -> Any:
-    """`pack_files` over the raw corpus into `tokenizer.out_dir` with the tokenizer settings
+def _pack_raw(settings: Settings, tokenizer: Any, out: Path, **part_args: Any) -> Any:
+    """`pack_files` over the raw corpus into `out` with the tokenizer settings
     (`part_args`: a part's `part`, `file_documents`, `inputs_id`). A source's own validation
     files (fineweb-edu's last shard) go to val whole; the rest are split by val_fraction."""
     from pipeline.shards import pack_files
@@ -391,7 +402,7 @@ def _pack_raw(settings: Settings, tokenizer: Any, **part_args: Any) -> Any:
     return pack_files(
         sources.raw_files(raw_dir),
         tokenizer,
-        Path(tok.out_dir),
+        out,
         shard_tokens=tok.shard_tokens,
         compression=tok.compression,
         val_fraction=tok.val_fraction,
@@ -416,10 +427,10 @@ def _data_stats(manifest: Any) -> dict[str, Any]:
 def _tokenize_merge(settings: Settings) -> dict[str, Any]:
     """`tokenize --merge`: check every part and write `manifest.json` and `stats.json`."""
     from pipeline.parts import merge_parts
+    from pipeline.shards import MANIFEST_NAME
 
     out = Path(settings.tokenizer.out_dir)
     tokenizer = _part_tokenizer(settings)
-    manifest = merge_parts(out, tokenizer_hash=tokenizer.hash)
     previous: dict[str, Any] = {}
     with contextlib.suppress(OSError, ValueError):
         previous = json.loads((out / STATS_FILE).read_text(encoding="utf-8"))
@@ -428,12 +439,14 @@ def _tokenize_merge(settings: Settings) -> dict[str, Any]:
     stats = {key: previous.get(key) for key in _TOKENIZER_STATS}
     stats.update(vocab_size=tokenizer.vocab_size, tokenizer_hash=tokenizer.hash)
     raw = sources.read_raw_manifest(settings.data.raw_dir) if _has_raw(settings) else {}
-    stats.update(
-        _data_stats(manifest),
-        parts=manifest.source.get("parts"),
-        raw_text_bytes=raw.get("text_bytes") or None,
-    )
-    _write_stats(out, stats)
+    with _tokens_output(settings, keep=lambda n: n not in (MANIFEST_NAME, STATS_FILE)) as staging:
+        manifest = merge_parts(staging, tokenizer_hash=tokenizer.hash)
+        stats.update(
+            _data_stats(manifest),
+            parts=manifest.source.get("parts"),
+            raw_text_bytes=raw.get("text_bytes") or None,
+        )
+        _write_stats(staging, stats)
     return stats
 
 
@@ -442,30 +455,28 @@ def _has_raw(settings: Settings) -> bool:
 
 
 def _tokenize(settings: Settings) -> dict[str, Any]:
-    tok = settings.tokenizer
     raw_dir = Path(settings.data.raw_dir)
     raw = sources.read_raw_manifest(raw_dir)  # first: "run download" beats an import error
 
     from pipeline.tokenizer import TOKENIZER_FILE
 
-    out = Path(tok.out_dir)
     tokenizer, tok_stats = _train_tokenizer(settings)
 
-    out.mkdir(parents=True, exist_ok=True)
-    _remove_stale(out)  # a previous configuration's shards (and parts) must not linger
-    tokenizer.save(out / TOKENIZER_FILE)
-
-    start = time.perf_counter()
-    manifest = _pack_raw(settings, tokenizer)
-    pack_s = time.perf_counter() - start
-    stats = {
-        **{k: v for k, v in tok_stats.items() if k != "tokenizer_train_s"},
-        **_data_stats(manifest),
-        "raw_text_bytes": raw.get("text_bytes") or None,
-        "tokenizer_train_s": tok_stats["tokenizer_train_s"],
-        "pack_s": pack_s,
-    }
-    _write_stats(out, stats)
+    # A fresh folder: a previous configuration's shards (and parts) cannot linger, and the
+    # previous pack stays whole until this one has succeeded.
+    with _tokens_output(settings) as staging:
+        tokenizer.save(staging / TOKENIZER_FILE)
+        start = time.perf_counter()
+        manifest = _pack_raw(settings, tokenizer, staging)
+        pack_s = time.perf_counter() - start
+        stats = {
+            **{k: v for k, v in tok_stats.items() if k != "tokenizer_train_s"},
+            **_data_stats(manifest),
+            "raw_text_bytes": raw.get("text_bytes") or None,
+            "tokenizer_train_s": tok_stats["tokenizer_train_s"],
+            "pack_s": pack_s,
+        }
+        _write_stats(staging, stats)
     return stats
 
 
