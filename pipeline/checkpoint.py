@@ -21,7 +21,10 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import hashlib
 import io
+import json
 import os
 import random
 import re
@@ -286,6 +289,90 @@ def load_state_strict(module: torch.nn.Module, state_dict: Mapping[str, torch.Te
 
 
 # ---------------------------------------------------------------------------------------------
+# Provenance: which tokenizer and shard set a model was trained on
+
+
+class ProvenanceError(CheckpointError):
+    """A model or checkpoint is used with a tokenizer or data other than its own."""
+
+
+ALLOW_MISMATCH = "--set train.allow_mismatch=true"
+_EXPECTED: contextvars.ContextVar[tuple[str | None, bool]] = contextvars.ContextVar(
+    "_EXPECTED", default=(None, False)
+)
+
+
+@contextlib.contextmanager
+def expect_data(data_dir: str | Path, *, allow_mismatch: bool = False):
+    """Within the block, `load_model` checks models against `data_dir` (a stage sets this
+    from its settings, so evaluation code needs no argument for it)."""
+    token = _EXPECTED.set((str(data_dir), bool(allow_mismatch)))
+    try:
+        yield
+    finally:
+        _EXPECTED.reset(token)
+
+
+def shard_set_hash(manifest: Mapping[str, Any]) -> str:
+    """sha256 over the manifest's shard list (split, file, sha256) and tokenizer hash: equal
+    exactly when two folders hold the same shards."""
+    entries = [
+        [split, e.get("file"), e.get("sha256")]
+        for split in ("train", "val")
+        for e in (manifest.get("splits") or {}).get(split, [])
+    ]
+    ident = json.dumps([manifest.get("tokenizer_hash"), entries])
+    return hashlib.sha256(ident.encode()).hexdigest()
+
+
+def data_provenance(data_dir: str | Path, tokenizer_hash: str | None = None) -> dict[str, Any]:
+    """What a model trained on `data_dir` records: the tokenizer hash (`tokenizer_hash`, else
+    the manifest's), the shard-set hash and the folder."""
+    path = Path(data_dir) / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: cannot read the shard manifest ({e})") from e
+    if tokenizer_hash is None:
+        from pipeline.tokenizer import Tokenizer, find_tokenizer  # lazy: needs the extension
+
+        tok_file = find_tokenizer(data_dir)
+        tokenizer_hash = Tokenizer.load(tok_file).hash if tok_file else None
+    return {
+        "tokenizer_hash": tokenizer_hash or manifest.get("tokenizer_hash"),
+        "shards_hash": shard_set_hash(manifest),
+        "data_dir": str(Path(data_dir).absolute()),
+    }
+
+
+def check_provenance(
+    saved: Mapping[str, Any] | None, current: Mapping[str, Any], path: Path, *, allow: bool
+) -> None:
+    """Raise `ProvenanceError` when `saved` (from a model or checkpoint) names another
+    tokenizer or shard set than `current`; only warn when `allow`. Files written before
+    provenance was recorded pass with a warning."""
+    if not saved:
+        warnings.warn(f"{path} records no tokenizer/data provenance; not checked", stacklevel=3)
+        return
+    diffs = [
+        f"{key}: model={str(saved.get(key))[:16]} current={str(current.get(key))[:16]}"
+        for key in ("tokenizer_hash", "shards_hash")
+        if saved.get(key) != current.get(key)
+    ]
+    if not diffs:
+        return
+    msg = (
+        f"{path} was trained on other data than {current.get('data_dir')} ("
+        + "; ".join(diffs)
+        + f"; trained on {saved.get('data_dir')}). Re-train on the current data, point "
+        f"tokenizer.out_dir at the model's data, or pass {ALLOW_MISMATCH} to use it anyway"
+    )
+    if not allow:
+        raise ProvenanceError(msg)
+    warnings.warn(msg, stacklevel=3)
+
+
+# ---------------------------------------------------------------------------------------------
 # Final model files (runs/<variant>/model.pt), read by evaluation
 
 
@@ -297,8 +384,12 @@ def save_model(
     strategy_config: Mapping[str, Any],
     step: int,
     progress: Mapping[str, Any] | None = None,
+    provenance: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Atomically write a final model file: weights + configs as dicts, loadable weights-only."""
+    """Atomically write a final model file: weights + configs as dicts, loadable weights-only.
+
+    `provenance` (`data_provenance`) records the tokenizer and shard set it was trained on;
+    `load_model` checks it."""
     state = {
         "format_version": FORMAT_VERSION,
         "step": int(step),
@@ -306,14 +397,30 @@ def save_model(
         "config": {"model": dict(model_config), "strategy": dict(strategy_config)},
         "progress": dict(progress or {}),
     }
+    if provenance is not None:
+        state["provenance"] = dict(provenance)
     return atomic_torch_save(state, path)
 
 
-def load_model(path: str | Path, *, device: str | torch.device = "cpu"):
-    """Rebuild the model saved by `save_model`.
+def load_model(
+    path: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    data_dir: str | Path | None = None,
+    allow_mismatch: bool | None = None,
+):
+    """Rebuild the model saved by `save_model`, refusing one trained on other data.
+
+    The tokenizer and shard set recorded in the file (`data_provenance`) must equal those of
+    `data_dir` (default: the folder set by `expect_data`, else the folder the model was
+    trained on, when it still exists). `allow_mismatch` (default: the `expect_data` value,
+    else False) turns the refusal into a warning.
 
     Returns:
         (model, strategy_config, state) with the model on `device` in eval mode.
+
+    Raises:
+        ProvenanceError: the data differs and mismatches are not allowed.
 
     Example:
         >>> model, strategy, state = load_model("runs/lrt/model.pt")   # doctest: +SKIP
@@ -321,6 +428,12 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu"):
     from lrt import LRT, LRTConfig, StrategyConfig
 
     state = load_checkpoint(path, map_location="cpu", required_keys=MODEL_KEYS)
+    expected_dir, expected_allow = _EXPECTED.get()
+    saved = state.get("provenance")
+    folder = data_dir or expected_dir or (saved or {}).get("data_dir")
+    if folder is not None and (Path(folder) / "manifest.json").is_file():
+        allow = expected_allow if allow_mismatch is None else allow_mismatch
+        check_provenance(saved, data_provenance(folder), Path(path), allow=bool(allow))
     cfg = LRTConfig(**state["config"]["model"])
     strategy = StrategyConfig(**state["config"]["strategy"])
     with torch.device("meta"):

@@ -36,6 +36,7 @@ class _UserError(click.ClickException):
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean "fix your input", not "bug": shown without a traceback."""
+    from pipeline.atomic import OutputLockedError
     from pipeline.sources import DownloadError
 
     errors: list[type[BaseException]] = [
@@ -43,6 +44,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         FileNotFoundError,
         DownloadError,
         ValueError,
+        OutputLockedError,  # another run writes the same folder
+        OSError,  # disk full (ENOSPC / EFBIG), permissions: the message names the file
+        FloatingPointError,  # training stopped on a non-finite loss (NonFiniteError)
     ]
     with contextlib.suppress(ImportError):  # the extension may not be built yet
         from pipeline.shards import ShardFormatError
@@ -346,7 +350,12 @@ def generate(
     device = settings.train.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, _, _ = load_model(path, device=device)
+    model, _, _ = load_model(
+        path,
+        device=device,
+        data_dir=settings.tokenizer.out_dir,
+        allow_mismatch=settings.train.allow_mismatch,
+    )
     tokenizer = load_tokenizer(settings.tokenizer.out_dir)
     ids = [tokenizer.bos_id, *tokenizer.encode(prompt)]
     out = lrt_generate(

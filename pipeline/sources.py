@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import io
 import json
 import logging
 import os
@@ -90,8 +91,37 @@ def download(settings: DataSettings, *, backoff_s: float = 1.0) -> dict[str, Any
         DownloadError: a remote shard failed after `settings.retries` retries.
         FileNotFoundError: a `files` path does not exist.
     """
-    raw_dir = Path(settings.raw_dir)
-    raw_dir.mkdir(parents=True, exist_ok=True)
+    from pipeline.atomic import output_dir
+
+    fineweb = settings.source == "fineweb-edu"
+    # The whole folder (parts + manifest) is written beside the old one and swapped in after
+    # success. fineweb-edu stages in the fixed `.raw.partial` so that a killed download's
+    # finished shards and `.part` files are resumed by the next run; its valid shards already
+    # in the folder are carried over (hard links) and not fetched again.
+    staged = output_dir(
+        settings.raw_dir,
+        owned=_raw_ours,
+        keep=(lambda name: _SHARD.match(name) is not None) if fineweb else (lambda name: False),
+        partial=fineweb,
+        resume=fineweb,
+    )
+    with staged as raw_dir:
+        manifest = _download_into(settings, raw_dir, backoff_s=backoff_s)
+    return manifest
+
+
+# What `download` writes in its folder; everything else there is the user's and is kept.
+_RAW_OURS = re.compile(
+    r"^(documents_\d+\.parquet|shard_\d+\.parquet|manifest\.json)(\.tmp|\.part)?$"
+)
+_SHARD = re.compile(r"^shard_\d+\.parquet$")
+
+
+def _raw_ours(name: str) -> bool:
+    return _RAW_OURS.match(name) is not None
+
+
+def _download_into(settings: DataSettings, raw_dir: Path, *, backoff_s: float) -> dict[str, Any]:
     if settings.source == "fineweb-edu":
         entries = _download_fineweb(settings, raw_dir, backoff_s=backoff_s)
     else:
@@ -102,6 +132,11 @@ def download(settings: DataSettings, *, backoff_s: float = 1.0) -> dict[str, Any
             docs = file_documents([Path(p) for p in settings.paths], settings.max_bytes)
             origin = ", ".join(settings.paths)
         entries = _write_documents(docs, raw_dir)
+        if not sum(e["documents"] for e in entries):
+            raise ValueError(
+                f"download: 0 documents from {origin} (data.source={settings.source}); "
+                "every input was empty: check data.paths and data.max_bytes"
+            )
         log.info("wrote %d documents from %s", sum(e["documents"] for e in entries), origin)
     manifest = {
         "version": MANIFEST_VERSION,
@@ -125,7 +160,27 @@ def read_raw_manifest(raw_dir: str | Path) -> dict[str, Any]:
     path = Path(raw_dir) / MANIFEST
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing; run `lrt-pipeline download` first")
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        files = manifest["files"]
+        for entry in files:
+            name = entry["name"]
+            if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+                raise ValueError(f"file name {name!r} is not a plain name in this folder")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(
+            f"{path}: not a valid raw-data manifest ({exc}); re-run `lrt-pipeline download`"
+        ) from None
+    for entry in files:
+        file = Path(raw_dir) / entry["name"]
+        size = file.stat().st_size if file.is_file() else None
+        if "bytes" in entry and size != entry["bytes"]:
+            state = "is missing" if size is None else f"has {size} bytes, not {entry['bytes']}"
+            raise ValueError(
+                f"{file} {state} as listed in {path}: the raw folder changed after download; "
+                "re-run `lrt-pipeline download`"
+            )
+    return manifest
 
 
 def raw_files(raw_dir: str | Path, split: str | None = None) -> list[Path]:
@@ -158,7 +213,8 @@ def _stdlib_root() -> Path:
 
 def builtin_documents(max_bytes: int | None) -> Iterator[str]:
     """The standard library's `.py` files (tests, vendored packages and demos skipped), in sorted
-    path order, until `max_bytes` UTF-8 bytes. Offline and deterministic for a Python version."""
+    path order, until `max_bytes` UTF-8 bytes. Offline and deterministic for a Python version.
+    A file that is not UTF-8 is skipped with a warning (counted); it is the interpreter's."""
     root = _stdlib_root()
     paths = sorted(
         (
@@ -170,31 +226,81 @@ def builtin_documents(max_bytes: int | None) -> Iterator[str]:
     )
     if not paths:
         raise FileNotFoundError(f"no standard-library sources under {root}; use data.source=files")
-    yield from _capped(_read_texts(paths), max_bytes)
-
-
-def _read_texts(paths: Iterable[Path]) -> Iterator[str]:
+    budget = _Budget(max_bytes)
+    skipped = 0
     for path in paths:
         try:
-            text = path.read_text(encoding="utf-8")
-        except (UnicodeDecodeError, OSError) as exc:
-            log.debug("skipping %s: %s", path, exc)
+            text = _read_txt(path, budget)
+        except ValueError as exc:
+            skipped += 1
+            log.warning("builtin source: skipping %s", exc)
             continue
+        if text is None:
+            break
         if text.strip():
+            budget.take(text)
             yield text
+        if budget.full:
+            break
+    if skipped:
+        log.warning("builtin source: %d standard-library file(s) skipped (not UTF-8)", skipped)
 
 
-def _capped(docs: Iterable[str], max_bytes: int | None) -> Iterator[str]:
-    """Stop before the document that would take the total past `max_bytes` (at least one doc)."""
-    total = 0
-    for doc in docs:
-        size = len(doc.encode("utf-8"))
-        if max_bytes is not None and total and total + size > max_bytes:
-            return
-        total += size
-        yield doc
-        if max_bytes is not None and total >= max_bytes:
-            return
+class _Budget:
+    """`data.max_bytes` while streaming: readers never read much past what is left.
+
+    A document that does not fit ends the corpus (the first one is cut to fit instead, at a
+    character boundary, so a single huge file still yields `max_bytes` of text)."""
+
+    def __init__(self, max_bytes: int | None) -> None:
+        self.max_bytes, self.used = max_bytes, 0
+
+    @property
+    def remaining(self) -> int | None:
+        return None if self.max_bytes is None else max(self.max_bytes - self.used, 0)
+
+    @property
+    def full(self) -> bool:
+        return self.max_bytes is not None and self.used >= self.max_bytes
+
+    def fit(self, data: bytes) -> bytes | None:
+        """`data` if it fits; its head when it is the first document; None = stop here."""
+        left = self.remaining
+        if left is None or len(data) <= left:
+            return data
+        if self.used:
+            return None
+        return data[:left]
+
+    def take(self, text: str) -> None:
+        self.used += len(text.encode("utf-8"))
+
+
+def _utf8(data: bytes, where: str, *, cut: bool = False) -> str:
+    """Strict UTF-8 (a cut head may end inside a character: that tail is dropped)."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if cut and exc.start >= len(data) - 3 and exc.reason == "unexpected end of data":
+            return data[: exc.start].decode("utf-8")
+        raise ValueError(
+            f"{where}: invalid UTF-8 at byte {exc.start} ({exc.reason}); convert the file to "
+            "UTF-8 or remove it from data.paths"
+        ) from None
+
+
+def _read_txt(path: Path, budget: _Budget) -> str | None:
+    """One .txt document, reading at most what the budget has left (+1 byte to tell)."""
+    left = budget.remaining
+    try:
+        with path.open("rb") as fh:
+            data = fh.read() if left is None else fh.read(left + 1)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot read {path}: {exc.strerror}", str(path)) from None
+    head = budget.fit(data)
+    if head is None:
+        return None
+    return _utf8(head, str(path), cut=head is not data)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -226,40 +332,77 @@ def _expand(paths: Sequence[Path]) -> list[Path]:
 
 def file_documents(paths: Sequence[Path], max_bytes: int | None) -> Iterator[str]:
     """Documents of local files: a .txt file is one document; .jsonl(.zst) lines are JSON objects
-    with a `text` field (or bare strings); .parquet files have a `text` column."""
+    with a `text` field (or bare strings); .parquet files have a `text` column.
 
-    def docs() -> Iterator[str]:
-        for path in _expand(paths):
-            name = path.name
-            if name.endswith(".txt"):
-                yield from _read_texts([path])
-            elif name.endswith(".parquet"):
-                yield from _parquet_texts(path)
-            else:
-                yield from _jsonl_texts(path)
+    Streams: at most about `max_bytes` are read (a 300 MB one-line file costs ~max_bytes of
+    memory). Every error names the file (and line / row): invalid UTF-8, bad JSON, a
+    corrupt parquet or zstd file, a non-string `text` column."""
+    budget = _Budget(max_bytes)
+    for path in _expand(paths):
+        name = path.name
+        if name.endswith(".txt"):
+            docs: Iterator[str | None] = iter([_read_txt(path, budget)])
+        elif name.endswith(".parquet"):
+            docs = _parquet_texts(path, budget=budget)
+        else:
+            docs = _jsonl_texts(path, budget)
+        for text in docs:
+            if text is None:
+                return
+            if not text:
+                continue
+            budget.take(text)
+            yield text
+            if budget.full:
+                return
 
-    yield from _capped(docs(), max_bytes)
 
-
-def _jsonl_texts(path: Path) -> Iterator[str]:
-    import io
-
+def _jsonl_texts(path: Path, budget: _Budget) -> Iterator[str | None]:
+    """Documents of a .jsonl(.zst) file; None = the budget is spent (stop)."""
     if path.name.endswith(".zst"):
         import zstandard
 
-        with path.open("rb") as raw, zstandard.ZstdDecompressor().stream_reader(raw) as reader:
-            yield from _jsonl_lines(io.TextIOWrapper(reader, encoding="utf-8"), path)
+        with path.open("rb") as raw:
+            reader = io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw))
+            try:
+                yield from _jsonl_lines(reader, path, budget)
+            except zstandard.ZstdError as exc:
+                raise ValueError(
+                    f"{path}: not a valid zstd stream ({exc}); re-compress it with `zstd` or "
+                    "remove it from data.paths"
+                ) from None
     else:
-        with path.open(encoding="utf-8") as fh:
-            yield from _jsonl_lines(fh, path)
+        with path.open("rb") as fh:
+            yield from _jsonl_lines(fh, path, budget)
 
 
-def _jsonl_lines(lines: Iterable[str], path: Path) -> Iterator[str]:
-    for lineno, line in enumerate(lines, 1):
+# Bytes of JSON per byte of text at most (`\u00e9` is 6 bytes for 2): a longer line cannot fit.
+_JSON_EXPANSION = 6
+
+
+def _jsonl_lines(fh: Any, path: Path, budget: _Budget) -> Iterator[str | None]:
+    lineno = 0
+    while True:
+        left = budget.remaining
+        limit = -1 if left is None else _JSON_EXPANSION * left + (64 << 10)
+        line = fh.readline(limit)
+        if not line:
+            return
+        lineno += 1
+        if limit >= 0 and len(line) >= limit and not line.endswith(b"\n"):
+            if not budget.used:
+                raise ValueError(
+                    f"{path}:{lineno}: one JSON line longer than {limit} bytes, more than "
+                    f"data.max_bytes={budget.max_bytes} can hold; raise data.max_bytes or "
+                    "split the document"
+                )
+            yield None
+            return
         if not line.strip():
             continue
+        text_line = _utf8(line, f"{path}:{lineno}")
         try:
-            item = json.loads(line)
+            item = json.loads(text_line)
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path}:{lineno}: not JSON ({exc.msg})") from None
         text = item.get("text") if isinstance(item, dict) else item
@@ -268,24 +411,60 @@ def _jsonl_lines(lines: Iterable[str], path: Path) -> Iterator[str]:
                 f"{path}:{lineno}: expected a string or an object with a `text` string"
             )
         if text:
-            yield text
+            head = budget.fit(text.encode("utf-8"))
+            if head is None:
+                yield None
+                return
+            yield text if len(head) == len(text.encode("utf-8")) else _utf8(head, "", cut=True)
 
 
-def _parquet_texts(path: Path, *, batch_rows: int = 1024) -> Iterator[str]:
-    schema = pl.read_parquet_schema(path)
+def _parquet_texts(
+    path: Path, *, batch_rows: int = 1024, budget: _Budget | None = None
+) -> Iterator[Any]:
+    """Documents of a parquet file's `text` column (string), streamed in batches; with a
+    budget, None = the budget is spent. Errors name the file (and row)."""
+    try:
+        schema = pl.read_parquet_schema(path)
+    except (Exception, pl.exceptions.PanicException) as exc:  # polars: many error types
+        raise ValueError(
+            f"{path}: not a readable parquet file ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}); re-create or remove it"
+        ) from None
     if "text" not in schema:
         raise ValueError(f"{path}: parquet file has no `text` column (columns: {list(schema)})")
+    if schema["text"] not in (pl.String, pl.Utf8):
+        raise ValueError(
+            f"{path}: column `text` holds {schema['text']}, not strings; write the documents "
+            "as a string column"
+        )
     frame = pl.scan_parquet(path).select("text")
     # Streamed in batches where polars can (>= 1.3x); otherwise one read of the column.
-    batches = (
-        frame.collect_batches(chunk_size=batch_rows)
-        if hasattr(frame, "collect_batches")
-        else [frame.collect()]
-    )
-    for batch in batches:
-        for text in batch["text"]:
-            if text:
+    row = 0
+    try:
+        batches = (
+            frame.collect_batches(chunk_size=batch_rows)
+            if hasattr(frame, "collect_batches")
+            else iter([frame.collect()])
+        )
+        for batch in batches:
+            for text in batch["text"]:
+                row += 1
+                if not text:
+                    continue
+                if budget is not None:
+                    head = budget.fit(text.encode("utf-8"))
+                    if head is None:
+                        yield None
+                        return
+                    if len(head) != len(text.encode("utf-8")):
+                        text = _utf8(head, "", cut=True)
                 yield text
+    except (pl.exceptions.PolarsError, OSError, pl.exceptions.PanicException) as exc:
+        raise ValueError(
+            f"{path}: parquet data unreadable after row {row} ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}); the file is truncated or corrupt: "
+            "re-create or remove it"
+        ) from None
 
 
 def _write_documents(docs: Iterable[str], raw_dir: Path) -> list[dict[str, Any]]:
@@ -468,10 +647,10 @@ def _file_entry(path: Path, *, documents: int, split: str | None) -> dict[str, A
 
 
 def _remove_stale(raw_dir: Path, keep: set[str]) -> None:
-    """Drop parquet/part files a previous configuration left behind (DVC owns the folder)."""
+    """Drop our own files a previous configuration left behind (never a user's file)."""
     for path in raw_dir.iterdir():
         stale = path.is_file() and path.name not in keep and path.name != MANIFEST
-        if stale and path.name.endswith((".parquet", ".part", ".tmp")):
+        if stale and _raw_ours(path.name):
             path.unlink()
 
 

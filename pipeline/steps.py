@@ -185,10 +185,25 @@ def train(settings: Settings, variant: str, *, resume: bool = False) -> dict[str
 
 def evaluate(settings: Settings, variant: str) -> dict[str, Any]:
     """Evaluate `{train.out_dir}/{variant}/model.pt`; writes metrics.json next to it."""
+    from pipeline.atomic import output_dir
+    from pipeline.checkpoint import expect_data
     from pipeline.evaluation.run import evaluate_variant
+    from pipeline.training import _run_ours
 
-    with _stage(settings, "eval", variant):
-        return evaluate_variant(settings, variant, tracker=tracking)
+    variant_settings(settings, variant)
+    run_dir = Path(settings.train.out_dir) / variant
+    # Locked and staged like train: the run folder (model, logs and the previous metrics)
+    # is carried into a fresh copy, evaluated there, and swapped in after success. load_model
+    # checks the model against this stage's tokens folder (train.allow_mismatch overrides).
+    with (
+        _stage(settings, "eval", variant),
+        output_dir(run_dir, owned=_run_ours, keep=lambda name: True) as staging,
+        expect_data(settings.tokenizer.out_dir, allow_mismatch=settings.train.allow_mismatch),
+    ):
+        staged = settings.model_copy(
+            update={"train": settings.train.model_copy(update={"out_dir": str(staging.parent)})}
+        )
+        return evaluate_variant(staged, variant, tracker=tracking)
 
 
 def report(settings: Settings) -> Path:

@@ -33,6 +33,7 @@ import json
 import math
 import os
 import random
+import re
 import signal
 import sys
 import threading
@@ -55,6 +56,8 @@ from pipeline.checkpoint import (
     CheckpointError,
     atomic_write_text,
     check_config,
+    check_provenance,
+    data_provenance,
     list_checkpoints,
     load_latest,
     load_state_strict,
@@ -67,6 +70,11 @@ from pipeline.checkpoint import (
 KEEP_CHECKPOINTS = 3
 # Which mode also gets a validation BPB column, per training strategy (LRT variants only).
 STRATEGY_EVAL_MODE = {"interleaved": "merged", "multi_refine": "refine"}
+
+
+class NonFiniteError(FloatingPointError):
+    """The loss or the gradient became NaN/inf; nothing was applied or saved after the last
+    good step."""
 
 
 class TrainingInterrupted(SystemExit):
@@ -348,6 +356,10 @@ class CsvLog:
 
     def append(self, row: Mapping[str, Any]) -> None:
         new = not self.path.is_file()
+        if not new and self.path.stat().st_nlink > 1:
+            # A hard link shared with the previous run folder (pipeline.atomic carries files
+            # by link): appending in place would change that folder too; own a copy first.
+            atomic_write_text(self.path, self.path.read_text(encoding="utf-8"))
         with self.path.open("a", newline="") as f:
             w = csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore")
             if new:
@@ -467,6 +479,7 @@ class _Run:
         random.seed(ts.seed)
         with torch.device("meta"):
             self.model = LRT(model_cfg)
+        check_memory(self.model, model_cfg, ts, self.device)  # before anything is allocated
         self.model.to_empty(device=self.device)
         self.model.init_weights()
         self.model.train()
@@ -522,6 +535,8 @@ class _Run:
             out_dir / "val_log.csv", ["step", "tokens", "effective_flops", *val_cols]
         )
 
+        self.provenance = data_provenance(data_dir, tokenizer_hash)
+        self.nonfinite_skipped = 0
         self.step = 0  # optimizer steps completed
         self.elapsed = 0.0  # training seconds (validation excluded), across resumes
         self.last_val: dict[str, float] = {}
@@ -542,6 +557,13 @@ class _Run:
             path, state = found
             for key in ("model", "strategy", "run"):
                 check_config(state["config"][key], self.config[key], key)
+            check_provenance(
+                state.get("provenance"),
+                self.provenance,
+                path,
+                allow=bool(getattr(self.ts, "allow_mismatch", False)),
+            )
+            self.nonfinite_skipped = int(state["progress"].get("nonfinite_skipped", 0))
             load_state_strict(self.model, state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.loader.load_state_dict(state["loader"][self.info.rank])
@@ -602,12 +624,47 @@ class _Run:
         loss, pass_losses = accumulate_gradients(
             self.step_module, batches, self.accum, device=self.device, dtype=self.dtype
         )
-        if ts.grad_clip > 0:
-            nn.utils.clip_grad_norm_(self.model.parameters(), ts.grad_clip)
+        # The norm is needed for the non-finite guard even without clipping (max_norm=inf
+        # leaves the gradients as they are).
+        max_norm = ts.grad_clip if ts.grad_clip > 0 else math.inf
+        norm = nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        if not self._finite(loss, norm, pass_losses):
+            self.optimizer.zero_grad(set_to_none=True)
+            self._nonfinite(loss, norm)
+            return loss, pass_losses, lr_mult
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         return loss, pass_losses, lr_mult
+
+    def _finite(self, loss: torch.Tensor, norm: torch.Tensor, pass_losses: list[float]) -> bool:
+        """Loss and gradient norm finite on every rank (one device sync per step)."""
+        ok = torch.isfinite(loss.detach().float()) & torch.isfinite(norm.detach().float())
+        ok = ok & all(math.isfinite(v) for v in pass_losses)
+        if self.info.enabled:
+            flag = ok.to(self.device, torch.int32)
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+            return bool(flag.item())
+        return bool(ok.item())
+
+    def _nonfinite(self, loss: torch.Tensor, norm: torch.Tensor) -> None:
+        """Skip the step (counted) while `train.nonfinite_skips` allows, else stop."""
+        limit = int(getattr(self.ts, "nonfinite_skips", 0))
+        what = f"loss {float(loss):.4g}, gradient norm {float(norm):.4g}"
+        if self.nonfinite_skipped < limit:
+            self.nonfinite_skipped += 1
+            if self.main:
+                _say(f"{self.variant}: step {self.step + 1}: non-finite {what}; step skipped "
+                     f"({self.nonfinite_skipped}/{limit} of train.nonfinite_skips)")  # fmt: skip
+            return
+        found = list_checkpoints(self.ckpt_dir)
+        last = f"the last good checkpoint {found[-1][1]} is intact" if found else "no checkpoint"
+        raise NonFiniteError(
+            f"{self.variant}: non-finite {what} at step {self.step + 1}/{self.total_steps} "
+            f"(after {self.nonfinite_skipped} skipped); nothing was applied or saved, {last}. "
+            "Lower the learning rates (train.*_lr), check the data, or allow skipping with "
+            "train.nonfinite_skips=N"
+        )
 
     def log_row(
         self, loss: torch.Tensor, pass_losses: list[float], lr_mult: float, t0: float
@@ -664,8 +721,18 @@ class _Run:
         self._window = (time.perf_counter(), self._window[1])
         return self.last_val
 
+    def _check_weights(self) -> None:
+        bad = [n for n, p in self.model.named_parameters() if not bool(torch.isfinite(p).all())]
+        if bad:
+            raise NonFiniteError(
+                f"{self.variant}: non-finite weights after step {self.step} ({', '.join(bad[:3])}"
+                f"{', ...' if len(bad) > 3 else ''}); not saved, the previous checkpoint is "
+                "intact. Lower the learning rates (train.*_lr)"
+            )
+
     def checkpoint(self) -> Path | None:
         """Collective: gather every rank's loader and RNG state; rank 0 writes the file."""
+        self._check_weights()
         state = {
             "format_version": 1,
             "step": self.step,
@@ -674,10 +741,12 @@ class _Run:
             "loader": _gather(self.loader.state_dict(), self.info),
             "rng": _gather(rng_state(), self.info),
             "config": self.config,
+            "provenance": self.provenance,
             "progress": {
                 "tokens": self.step * self.ts.total_batch_tokens,
                 "elapsed_s": self.elapsed,
                 "last_val": self.last_val,
+                "nonfinite_skipped": self.nonfinite_skipped,
             },
         }
         path = None
@@ -720,6 +789,8 @@ class _Run:
             "dtype": str(self.dtype).removeprefix("torch."),
             "world_size": self.info.world_size,
             "grad_accum": self.accum,
+            "nonfinite_skipped": self.nonfinite_skipped,
+            "provenance": self.provenance,
             "config": {**self.config, "train": _dump(self.ts)},
         }
         if self.main:
@@ -730,11 +801,47 @@ class _Run:
                 strategy_config=self.config["strategy"],
                 step=self.step,
                 progress={"tokens": tokens, "elapsed_s": self.elapsed},
+                provenance=self.provenance,
             )
             atomic_write_text(
                 self.out_dir / "train_metrics.json", json.dumps(metrics, indent=2) + "\n"
             )
         return metrics
+
+
+def device_memory(device: torch.device) -> int:
+    """Total memory of `device` in bytes (CPU: physical RAM)."""
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def estimate_training_bytes(model: nn.Module, cfg: LRTConfig, batch: int) -> int:
+    """A lower-end estimate of training memory: fp32 weights, gradients and two optimizer
+    states per parameter (16 B), plus activations kept for backward (about 16 values of width
+    n_embd per layer and the logits, per token, fp32). Works on a meta-device model."""
+    params = sum(p.numel() for p in model.parameters())
+    tokens = batch * cfg.seq_len
+    activations = tokens * (16 * cfg.n_embd * cfg.depth + 2 * cfg.vocab_size) * 4
+    return 16 * params + activations
+
+
+def check_memory(model: nn.Module, cfg: LRTConfig, ts: Any, device: torch.device) -> None:
+    """Refuse, before allocation, a model whose estimated training memory exceeds the device
+    (or `train.max_memory_gb`)."""
+    need = estimate_training_bytes(model, cfg, int(ts.device_batch_size))
+    limit_gb = getattr(ts, "max_memory_gb", None)
+    limit = int(limit_gb * 2**30) if limit_gb else device_memory(device)
+    if need > limit:
+        params = sum(p.numel() for p in model.parameters())
+        where = "train.max_memory_gb" if limit_gb else f"the {device.type} device"
+        raise ValueError(
+            f"model of {params / 1e6:,.1f} M parameters (depth={cfg.depth}, n_embd={cfg.n_embd}) "
+            f"needs about {need / 2**30:,.1f} GiB to train (weights, gradients, optimizer state, "
+            f"activations at device_batch_size={ts.device_batch_size}, seq_len={cfg.seq_len}), "
+            f"more than the {limit / 2**30:,.1f} GiB of {where}; reduce model.depth / "
+            "model.n_embd / train.device_batch_size, or set train.max_memory_gb"
+        )
 
 
 def _check_strategy_fits(model_cfg: LRTConfig, strategy_cfg: StrategyConfig) -> None:
@@ -831,8 +938,11 @@ def train(
             while run.step < run.total_steps:
                 at_boundary = False
                 t0 = time.perf_counter()
+                before = run.step
                 loss, pass_losses, lr_mult = run.train_step(batches)
                 at_boundary = True
+                if run.step == before:  # a non-finite step skipped (train.nonfinite_skips)
+                    continue
                 step, is_last = run.step, run.step == run.total_steps
                 do_eval = is_last or (ts.eval_every > 0 and step % ts.eval_every == 0)
                 row: dict[str, Any] = {}
@@ -959,6 +1069,7 @@ def train_variant(
     Returns:
         The final metrics dict (see `train`).
     """
+    from pipeline.atomic import output_dir
     from pipeline.settings import variant_settings
 
     model_s, strategy_s = variant_settings(settings, variant)
@@ -966,18 +1077,29 @@ def train_variant(
     vocab_size, tok_hash, token_bytes = _tokenizer_info(data_dir)
 
     def run(logger: Any) -> dict:
-        return train(
-            model_s.to_config(vocab_size),
-            strategy_s.to_config(),
-            settings.train,
-            data_dir,
-            Path(settings.train.out_dir) / variant,
-            resume=resume,
-            tracker=logger,
-            token_bytes=token_bytes,
-            tokenizer_hash=tok_hash,
-            variant=variant,
+        # The run folder is locked and written beside the old one (`.VARIANT.partial`, kept
+        # when the run fails or is killed so that --resume continues it) and swapped in at
+        # the end: a failed or killed run never touches the previous run's outputs.
+        final = Path(settings.train.out_dir) / variant
+        main = int(os.environ.get("RANK", "0")) == 0
+        staged = (
+            output_dir(final, owned=_run_ours, keep=lambda n: resume, partial=True, resume=resume)
+            if main
+            else contextlib.nullcontext(final)
         )
+        with staged as run_dir:
+            return train(
+                model_s.to_config(vocab_size),
+                strategy_s.to_config(),
+                settings.train,
+                data_dir,
+                run_dir,
+                resume=resume,
+                tracker=logger,
+                token_bytes=token_bytes,
+                tokenizer_hash=tok_hash,
+                variant=variant,
+            )
 
     if tracker is None:
         return run(None)
@@ -991,6 +1113,18 @@ def train_variant(
         with tracker.stage("train", variant=variant):
             return run(tracking)
     return run(tracking if isinstance(tracker, tracking.Tracker) else tracker)
+
+
+# What the train and eval stages write in a run folder (temps included); anything else there is
+# the user's and is carried over.
+_RUN_OURS = re.compile(
+    r"^\.?(model\.pt|train_log\.csv|val_log\.csv|train_metrics\.json|metrics\.json|"
+    r"eval_details\.json|samples\.json|ckpt)(\.tmp.*)?$"
+)
+
+
+def _run_ours(name: str) -> bool:
+    return _RUN_OURS.match(name) is not None
 
 
 def _tokenizer_info(data_dir: Path) -> tuple[int, str | None, np.ndarray | None]:
