@@ -33,6 +33,14 @@ NA = "not available"
 NOT_REACHED = "not reached"
 # Modes the evaluation stage may report, in display order; unknown modes are appended.
 MODE_ORDER = ("init", "merged", "refine", "sequential")
+TRAIN_BPB_LABEL = "val BPB (training check)"
+"""The training loop's periodic zero-memory pass on `train.eval_tokens` (learning curves)."""
+EVAL_BPB_LABEL = "BPB (exact decoding)"
+"""The eval stage's sequential BPB: token by token with the memory, what a user gets."""
+TOKENS_TOLERANCE = 1.05
+COMPUTE_TOLERANCE = 1.25
+"""A baseline variant within this factor of an LRT's tokens / training FLOPs counts as equal
+tokens / matched compute."""
 PALETTE = ["#1f4e79", "#c0392b", "#2e8b57", "#8e44ad", "#d68910", "#17a589", "#7f8c8d", "#e67e22"]
 
 
@@ -49,6 +57,8 @@ class RunData:
     val: dict[str, np.ndarray] | None = None  # val_log.csv columns, or val rows of the log
     train_metrics: dict[str, Any] | None = None
     eval_metrics: dict[str, Any] | None = None
+    details: dict[str, Any] | None = None  # eval_details.json
+    samples: list[dict[str, Any]] | None = None  # samples.json
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -61,6 +71,14 @@ class RunData:
         if self.pathway is not None:
             return self.pathway == "none"
         return "baseline" in self.name.lower()
+
+    @property
+    def strategy(self) -> str | None:
+        return (self.train_metrics or {}).get("config", {}).get("strategy", {}).get("name")
+
+    def eval_bpb(self) -> float | None:
+        """The evaluation's headline BPB: exact decoding (`val_bpb` of metrics.json)."""
+        return _num((self.eval_metrics or {}).get("val_bpb"))
 
     def final(self, key: str) -> float | None:
         """Last finite value of a train-log column (falls back to train_metrics.json)."""
@@ -130,6 +148,10 @@ def load_runs(runs_dir: str | Path, eval_dir: str | Path | None = None) -> list[
         for c in candidates:
             run.eval_metrics = _read_json(c)
             if run.eval_metrics is not None:
+                details = _read_json(c.with_name("eval_details.json"))
+                run.details = details if isinstance(details, dict) else None
+                samples = _read_json(c.with_name("samples.json"))
+                run.samples = samples if isinstance(samples, list) else None
                 break
         if any(x is not None for x in (run.log, run.val, run.train_metrics, run.eval_metrics)):
             runs.append(run)
@@ -202,6 +224,13 @@ def eval_buckets(metrics: Mapping[str, Any] | None) -> dict[str, tuple[list[str]
     return out
 
 
+def run_buckets(run: RunData) -> dict[str, tuple[list[str], list[float]]]:
+    """Per-position buckets of a run: from eval_details.json (where eval writes them), else from
+    an older metrics.json that still carried them."""
+    detail = (run.details or {}).get("metrics")
+    return eval_buckets(detail) or eval_buckets(run.eval_metrics)
+
+
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     if not isinstance(d, Mapping):
         return {prefix or "value": d}
@@ -270,6 +299,103 @@ def compare_to_baseline(run: RunData, base: RunData) -> dict[str, Any]:
         y = interpolate_at(base.val[key], base.val["val_bpb"], x)
         row[label] = NOT_REACHED if y is None else y
     return row
+
+
+def _closest(
+    run: RunData, bases: Sequence[RunData], key: str, tolerance: float
+) -> dict[str, Any] | None:
+    """The evaluated baseline whose final `key` is nearest `run`'s (by ratio), within a factor
+    `tolerance`; `{"baseline", "ratio", "val_bpb"}` or None."""
+    x = run.final(key)
+    best: dict[str, Any] | None = None
+    for b in bases:
+        y, bpb = b.final(key), b.eval_bpb()
+        if x is None or y is None or x <= 0 or y <= 0 or bpb is None:
+            continue
+        ratio = y / x
+        if 1 / tolerance <= ratio <= tolerance and (
+            best is None or abs(math.log(ratio)) < abs(math.log(best["ratio"]))
+        ):
+            best = {"baseline": b.name, "ratio": ratio, "val_bpb": bpb}
+    return best
+
+
+def eval_comparison(run: RunData, bases: Sequence[RunData]) -> dict[str, Any]:
+    """`run`'s evaluation BPB (exact decoding) vs the baseline variants' at equal tokens and at
+    matched compute (see `TOKENS_TOLERANCE`, `COMPUTE_TOLERANCE`); a side is None when no
+    baseline variant is close enough."""
+    return {
+        "variant": run.name,
+        "val_bpb": run.eval_bpb(),
+        "equal_tokens": _closest(run, bases, "tokens", TOKENS_TOLERANCE),
+        "matched_compute": _closest(run, bases, "effective_flops", COMPUTE_TOLERANCE),
+    }
+
+
+def headline_deltas(runs: Sequence[RunData]) -> dict[str, float]:
+    """`{"<variant>/bpb": x, "<variant>/delta_equal_tokens": d, "<variant>/delta_matched_compute":
+    d}` for each evaluated LRT variant (delta = LRT minus baseline BPB, exact decoding): the
+    numbers the MLflow parent run carries."""
+    bases = [r for r in runs if r.is_baseline and r.eval_bpb() is not None]
+    out: dict[str, float] = {}
+    for r in runs:
+        if r.is_baseline or r.eval_bpb() is None:
+            continue
+        c = eval_comparison(r, bases)
+        out[f"{r.name}/bpb"] = c["val_bpb"]
+        for label in ("equal_tokens", "matched_compute"):
+            if c[label] is not None:
+                out[f"{r.name}/delta_{label}"] = c["val_bpb"] - c[label]["val_bpb"]
+    return out
+
+
+def summary_table(
+    metrics: Mapping[str, Mapping[str, Any] | None], *, baseline: str | None = None
+) -> str:
+    """A plain-text table for the end of `eval` / `run`: per-mode BPB, CORE and the exact-decoding
+    BPB's difference from the baseline, one row per variant (fits 100 columns).
+
+    Args:
+        metrics: Variant -> its metrics.json content (None: not evaluated).
+        baseline: Variant to subtract (default: "baseline" if present, else none).
+
+    >>> print(summary_table({"baseline": {"val_bpb": 2.0, "bpb": {"init": 2.0}},
+    ...                      "lrt": {"val_bpb": 1.9, "bpb": {"init": 2.1, "sequential": 1.9}}}))
+    variant   BPB init  merged  refine  exact dec.  CORE init  CORE seq  Δ exact vs baseline
+    baseline    2.0000       –       –           –          –         –                    –
+    lrt         2.1000       –       –      1.9000          –         –              −0.1000
+    """
+    if baseline is None and "baseline" in metrics:
+        baseline = "baseline"
+    base = _num((metrics.get(baseline) or {}).get("val_bpb")) if baseline else None
+    head = ["variant", "BPB init", "merged", "refine", "exact dec.", "CORE init", "CORE seq"]
+    head.append(f"Δ exact vs {baseline}" if baseline else "Δ exact")
+
+    def cell(v: Any) -> str:
+        v = _num(v)
+        return "–" if v is None else f"{v:.4f}"
+
+    rows = []
+    for name, m in metrics.items():
+        m = m or {}
+        bpb, core = m.get("bpb") or {}, m.get("core") or {}
+        seq = _num(bpb.get("sequential"))
+        delta = "–"
+        if name != baseline and seq is not None and base is not None:
+            delta = f"{seq - base:+.4f}".replace("-", "−")
+        rows.append(
+            [name]
+            + [cell(bpb.get(k)) for k in ("init", "merged", "refine", "sequential")]
+            + [cell(core.get("init")), cell(core.get("sequential")), delta]
+        )
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    lines = []
+    for r in [head, *rows]:
+        first = r[0].ljust(widths[0])
+        lines.append(
+            "  ".join([first] + [c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True)])
+        )
+    return "\n".join(line.rstrip() for line in lines)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -372,7 +498,7 @@ def plot_buckets(runs: Sequence[RunData]) -> bytes | None:
     styles = ["-", "--", ":", "-."]
     drawn = 0
     for r in runs:
-        for j, (mode, (labels, vals)) in enumerate(eval_buckets(r.eval_metrics).items()):
+        for j, (mode, (labels, vals)) in enumerate(run_buckets(r).items()):
             labels_ref = labels_ref or labels
             ax.plot(
                 range(len(vals)),
@@ -389,7 +515,47 @@ def plot_buckets(runs: Sequence[RunData]) -> bytes | None:
         return None
     ax.set_xticks(range(len(labels_ref)), labels_ref, rotation=30, ha="right")
     ax.set(xlabel="position in context", ylabel="BPB", title="Per-position validation BPB")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return _png(fig)
+
+
+def plot_bucket_diff(runs: Sequence[RunData], base: RunData) -> bytes | None:
+    """Per-position BPB of each run minus `base`'s, one line per (run, mode), a zero line, the
+    legend beside the axes so it never covers a line."""
+    plt = _plt()
+    colors = _colors([base, *runs])
+    base_b = run_buckets(base)
+    ref = base_b.get("sequential") or base_b.get("init") or next(iter(base_b.values()), None)
+    if ref is None:
+        return None
+    ref_map = dict(zip(*ref, strict=True))
+    fig, ax = plt.subplots(figsize=(7.4, 3.8))
+    styles = {"init": ":", "merged": "-.", "refine": "--", "sequential": "-"}
+    labels_ref: list[str] = []
+    drawn = 0
+    for r in runs:
+        for mode, (labels, vals) in run_buckets(r).items():
+            if mode not in ("init", "sequential"):
+                continue
+            pts = [(i, v - ref_map[lab]) for i, (lab, v) in enumerate(zip(labels, vals, strict=True))
+                   if lab in ref_map and math.isfinite(v) and math.isfinite(ref_map[lab])]  # fmt: skip
+            if not pts:
+                continue
+            labels_ref = labels if len(labels) > len(labels_ref) else labels_ref
+            ax.plot(*zip(*pts, strict=True), styles.get(mode, "-"), marker="o", ms=3,
+                    color=colors[r.name], label=f"{r.name} ({mode})")  # fmt: skip
+            drawn += 1
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.axhline(0.0, color="#555", lw=0.8)
+    ax.set_xticks(range(len(labels_ref)), labels_ref, rotation=30, ha="right")
+    ax.set(
+        xlabel="position in context",
+        ylabel=f"BPB minus {base.name}",
+        title=f"Per-position BPB, difference from {base.name} (below 0: better)",
+    )
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _png(fig)
 
 
@@ -474,6 +640,7 @@ class Section:
     headers: list[str] | None = None
     rows: list[list[str]] | None = None
     images: list[tuple[str, bytes | None]] = field(default_factory=list)  # (name, png)
+    note: str = ""  # one or two sentences under the table/figures: what they show
 
 
 def _tokenizer_section(stats: Any) -> Section:
@@ -490,49 +657,124 @@ def build_sections(
     runs: Sequence[RunData], *, tokens_stats: Any = None, sweep: Sequence[Mapping] | None = None
 ) -> list[Section]:
     """The report's content, independent of the output format."""
-    secs: list[Section] = []
-
-    # Overview
-    ov = Section("Runs")
-    if runs:
-        ov.headers = [
-            "variant",
-            "pathway",
-            "strategy",
-            "params",
-            "steps",
-            "tokens",
-            "eff. FLOPs",
-            "final loss",
-            "final val BPB",
-            "tok/s",
-            "MFU",
-        ]
-        ov.rows = []
-        for r in runs:
-            tm = r.train_metrics or {}
-            strat = tm.get("config", {}).get("strategy", {}).get("name")
-            mfu = r.final("mfu")
-            ov.rows.append(
-                [
-                    r.name,
-                    _fmt(r.pathway),
-                    _fmt(strat),
-                    _fmt(_num(tm.get("params"))),
-                    _fmt(None if r.final("step") is None else int(r.final("step"))),
-                    _fmt(r.final("tokens")),
-                    _fmt(r.final("effective_flops")),
-                    _fmt(r.final("loss")),
-                    _fmt(r.final("val_bpb")),
-                    _fmt(_round(r.final("tokens_per_s"))),
-                    NA if mfu is None else f"{100 * mfu:.1f}%",
-                ]
+    secs: list[Section] = [_runs_section(runs), _headline_section(runs)]
+    secs += _curve_sections(runs)
+    secs.append(_evaluation_section(runs))
+    secs.append(_buckets_section(runs))
+    secs.append(_core_section(runs))
+    secs.append(_samples_section(runs))
+    secs.append(_tokenizer_section(tokens_stats))
+    if sweep:
+        sw = Section("Compute sweep")
+        png = plot_sweep(sweep)
+        sw.images = [("sweep_compute", png)]
+        core_png = plot_sweep(sweep, "core", "CORE (centred)")
+        if core_png is not None:
+            sw.images.append(("sweep_core_compute", core_png))
+        if png is None:
+            sw.text = f"Sweep plot: {NA} (records lack effective_flops / val_bpb)."
+        else:
+            sw.note = (
+                "Each point is one sweep run (`lrt-pipeline sweep`): its evaluation BPB against "
+                "its training FLOPs; at equal compute, the lower line is the better method."
             )
-    else:
-        ov.text = f"Training runs: {NA} (no runs/*/train_log.csv or metrics files found)."
-    secs.append(ov)
+        secs.append(sw)
+    return secs
 
-    # Training curves
+
+def _runs_section(runs: Sequence[RunData]) -> Section:
+    ov = Section("Runs")
+    if not runs:
+        ov.text = f"Training runs: {NA} (no runs/*/train_log.csv or metrics files found)."
+        return ov
+    ov.headers = [
+        "variant",
+        "pathway",
+        "strategy",
+        "params",
+        "steps",
+        "tokens",
+        "eff. FLOPs",
+        "final loss",
+        f"{TRAIN_BPB_LABEL}",
+        "tok/s",
+        "MFU",
+    ]
+    ov.rows = []
+    for r in runs:
+        tm = r.train_metrics or {}
+        mfu = r.final("mfu")
+        ov.rows.append(
+            [
+                r.name,
+                _fmt(r.pathway),
+                _fmt(r.strategy),
+                _fmt(_num(tm.get("params"))),
+                _fmt(None if r.final("step") is None else int(r.final("step"))),
+                _fmt(r.final("tokens")),
+                _fmt(r.final("effective_flops")),
+                _fmt(r.final("loss")),
+                _fmt(r.final("val_bpb")),
+                _fmt(_round(r.final("tokens_per_s"))),
+                NA if mfu is None else f"{100 * mfu:.1f}%",
+            ]
+        )
+    ov.note = (
+        f'One row per trained variant. "{TRAIN_BPB_LABEL}" is the training loop\'s periodic '
+        "check: the zero-memory (init) pass on `train.eval_tokens` validation tokens. It draws "
+        "the learning curves; it is not the number to compare models by, which is the "
+        f'evaluation\'s "{EVAL_BPB_LABEL}" (exact token-by-token decoding with the memory, on '
+        "the evaluation windows) in the next table."
+    )
+    return ov
+
+
+def _headline_section(runs: Sequence[RunData]) -> Section:
+    sec = Section("Headline: LRT vs baseline")
+    bases = [r for r in runs if r.is_baseline and r.eval_bpb() is not None]
+    others = [r for r in runs if not r.is_baseline and r.eval_bpb() is not None]
+    if not bases or not others:
+        sec.text = (
+            f"Comparison: {NA} (needs an evaluated baseline, pathway 'none', and an evaluated "
+            "LRT variant: `runs/<variant>/metrics.json`)."
+        )
+        return sec
+    sec.headers = [
+        "variant",
+        "eff. FLOPs",
+        EVAL_BPB_LABEL,
+        "baseline @ equal tokens",
+        "Δ",
+        "baseline @ matched compute",
+        "Δ",
+    ]
+    sec.rows = []
+    for r in others:
+        c = eval_comparison(r, bases)
+        cells = [r.name, _fmt(r.final("effective_flops")), _fmt(c["val_bpb"])]
+        for label in ("equal_tokens", "matched_compute"):
+            m = c[label]
+            if m is None:
+                cells += [NOT_REACHED, "–"]
+            else:
+                cells += [
+                    f"{_fmt(m['val_bpb'])} ({m['baseline']}, {m['ratio']:.2f}x)",
+                    _delta(c["val_bpb"], m["val_bpb"]),
+                ]
+        sec.rows.append(cells)
+    sec.note = (
+        f"Each LRT variant's {EVAL_BPB_LABEL} against a baseline variant's, both from the eval "
+        "stage on the same validation windows; Δ < 0 means the LRT is better. Equal tokens: the "
+        f"baseline trained on the same tokens (within {TOKENS_TOLERANCE:.2f}x); matched compute: "
+        "the baseline whose training FLOPs are closest to the LRT's (within "
+        f"{COMPUTE_TOLERANCE:.2f}x; the ratio is shown), e.g. a `baseline_2x` variant trained "
+        f"about twice as long. '{NOT_REACHED}': no baseline variant was trained that far; add "
+        "one to `train.variants`."
+    )
+    return sec
+
+
+def _curve_sections(runs: Sequence[RunData]) -> list[Section]:
     tr = Section("Training loss")
     tr.images = [
         (
@@ -563,9 +805,12 @@ def build_sections(
             ),
         ),
     ]
-    secs.append(tr)
-
-    va = Section("Validation BPB")
+    tr.note = (
+        "Training loss (the strategy's objective, smoothed) against tokens and against training "
+        "FLOPs; the LRT's interleaved passes cost about 2x per token, so the right-hand plot is "
+        "the fair one."
+    )
+    va = Section(f"Learning curves: {TRAIN_BPB_LABEL}")
     va.images = [
         (
             "val_bpb_vs_tokens",
@@ -575,7 +820,7 @@ def build_sections(
                 "tokens",
                 "val_bpb",
                 xlabel="training tokens",
-                ylabel="val BPB",
+                ylabel=TRAIN_BPB_LABEL,
                 title="Validation BPB vs tokens",
             ),
         ),
@@ -587,45 +832,30 @@ def build_sections(
                 "effective_flops",
                 "val_bpb",
                 xlabel="effective training compute (FLOPs)",
-                ylabel="val BPB",
+                ylabel=TRAIN_BPB_LABEL,
                 title="Validation BPB vs effective compute",
                 logx=True,
             ),
         ),
     ]
-    secs.append(va)
-
-    # LRT vs baseline
-    cmp_sec = Section("LRT vs baseline")
     bases = [r for r in runs if r.is_baseline]
     others = [r for r in runs if not r.is_baseline]
-    if not bases or not others:
-        cmp_sec.text = (
-            f"Comparison: {NA} (needs a baseline run, pathway 'none', and at least one "
-            "LRT run with validation curves)."
-        )
-    else:
+    if bases and others:
         base = bases[0]
-        cmp_sec.text = (
-            f"Baseline: `{base.name}`. Baseline val BPB is linearly interpolated on its "
-            "validation curve at the LRT run's final tokens (equal tokens) and final "
-            "effective training FLOPs (matched compute); 'not reached' means the "
-            "baseline run stopped before that point."
-        )
-        cmp_sec.headers = [
+        va.headers = [
             "variant",
             "tokens",
             "eff. FLOPs",
-            "val BPB",
-            "baseline @ equal tokens",
+            TRAIN_BPB_LABEL,
+            f"{base.name} curve @ equal tokens",
             "Δ",
-            "baseline @ matched compute",
+            f"{base.name} curve @ matched compute",
             "Δ",
         ]
-        cmp_sec.rows = []
+        va.rows = []
         for r in others:
             c = compare_to_baseline(r, base)
-            cmp_sec.rows.append(
+            va.rows.append(
                 [
                     r.name,
                     _fmt(c["tokens"]),
@@ -637,9 +867,18 @@ def build_sections(
                     _delta(c["val_bpb"], c["matched_compute"]),
                 ]
             )
-    secs.append(cmp_sec)
+    va.note = (
+        "The training loop's zero-memory check along training. The table "
+        f"reads `{bases[0].name if bases else 'the baseline'}`'s curve, linearly interpolated, "
+        "at each LRT run's final tokens and final training FLOPs; "
+        f"'{NOT_REACHED}' means that curve ends earlier. The LRT's memory is off in this check, "
+        "so the headline table above is the comparison that counts."
+    )
+    return [tr, va]
 
-    # Evaluation: one row per metric, one column per variant (scales with many metrics).
+
+def _evaluation_section(runs: Sequence[RunData]) -> Section:
+    """One row per metric, one column per variant (scales with many metrics)."""
     ev = Section("Evaluation")
     modes: list[str] = []
     scalars: list[str] = []
@@ -653,49 +892,105 @@ def build_sections(
         key=lambda k: (next((i for i, g in enumerate(group) if k.startswith(g)), len(group)), k)
     )
     evaluated = [r for r in runs if r.eval_metrics]
-    if modes or scalars:
-        ev.text = (
-            "From each variant's `metrics.json` (eval stage). BPB modes: init = zero memory, "
-            "merged/refine = the training strategy's parallel passes, sequential = exact "
-            "token-by-token decoding as deployed. bpb_gap = mode minus sequential."
-        )
-        ev.headers = ["metric"] + [r.name for r in evaluated]
-        ev.rows = []
-        for m in modes:
-            ev.rows.append(
-                [f"BPB {m}"] + [_fmt(eval_bpb_modes(r.eval_metrics).get(m)) for r in evaluated]
-            )
-        for k in scalars:
-            ev.rows.append([k] + [_fmt(eval_scalars(r.eval_metrics).get(k)) for r in evaluated])
-    else:
+    if not (modes or scalars):
         ev.text = f"Evaluation metrics: {NA} (no metrics.json from the eval stage)."
-    secs.append(ev)
+        return ev
+    ev.headers = ["metric"] + [r.name for r in evaluated]
+    ev.rows = []
+    for m in modes:
+        label = EVAL_BPB_LABEL if m == "sequential" else f"BPB {m}"
+        ev.rows.append([label] + [_fmt(eval_bpb_modes(r.eval_metrics).get(m)) for r in evaluated])
+    for k in scalars:
+        ev.rows.append([k] + [_fmt(eval_scalars(r.eval_metrics).get(k)) for r in evaluated])
+    ev.note = (
+        "Each variant's `metrics.json` (eval stage), all modes on the same validation windows. "
+        f"{EVAL_BPB_LABEL} = exact token-by-token decoding with the memory, what a user gets "
+        "(a baseline's is its one pass); BPB init = the LRT with zero memory; merged / refine = "
+        "the training strategy's parallel passes. bpb_gap.merged = merged minus sequential, the "
+        "train/test gap of parallel training (near 0: the approximation holds). core = CORE "
+        "(centred accuracy, 0 = chance); icl_gain = late minus early loss along the context "
+        "(more negative: more use of context); icl_acc = synthetic recall accuracy."
+    )
+    return ev
 
+
+def _buckets_section(runs: Sequence[RunData]) -> Section:
     pb = Section("Per-position BPB")
+    bases = [r for r in runs if r.is_baseline and run_buckets(r)]
+    others = [r for r in runs if not r.is_baseline and run_buckets(r)]
+    png = plot_bucket_diff(others, bases[0]) if bases and others else None
+    if png is not None:
+        pb.title = f"Per-position BPB: difference from {bases[0].name}"
+        pb.images = [("bpb_buckets", png)]
+        pb.note = (
+            f"Each LRT variant's BPB by position in the context window minus `{bases[0].name}`'s "
+            "at the same positions (below 0: the LRT is better there), for its zero-memory and "
+            "exact-decoding modes. The memory should help most where a token has little "
+            "context; a gap that grows along the window would show the parallel approximation "
+            "drifting."
+        )
+        return pb
     png = plot_buckets(runs)
     if png is None:
         pb.text = f"Per-position BPB buckets: {NA}."
     else:
-        pb.text = (
-            "Validation BPB by position in the context window. The latent pathway should help "
-            "most where a token has little context."
-        )
         pb.images = [("bpb_buckets", png)]
-    secs.append(pb)
+        pb.note = "Validation BPB by position in the context window (no baseline to subtract)."
+    return pb
 
-    secs.append(_tokenizer_section(tokens_stats))
 
-    if sweep:
-        sw = Section("Compute sweep")
-        png = plot_sweep(sweep)
-        sw.images = [("sweep_compute", png)]
-        core_png = plot_sweep(sweep, "core", "CORE (centred)")
-        if core_png is not None:
-            sw.images.append(("sweep_core_compute", core_png))
-        if png is None:
-            sw.text = f"Sweep plot: {NA} (records lack effective_flops / val_bpb)."
-        secs.append(sw)
-    return secs
+def _core_section(runs: Sequence[RunData]) -> Section:
+    sec = Section("CORE")
+    evaluated = [r for r in runs if r.eval_metrics is not None]
+    if not evaluated:
+        sec.text = f"CORE: {NA} (no evaluation)."
+        return sec
+    sec.headers = ["variant", "CORE init", "CORE sequential", "status"]
+    sec.rows = []
+    for r in evaluated:
+        core = (r.eval_metrics or {}).get("core") or {}
+        status = (r.details or {}).get("core_status") or {}
+        message = status.get("message")
+        if message is None:
+            message = "scored" if core else "CORE skipped (no status recorded)"
+        sec.rows.append(
+            [r.name, _fmt(_num(core.get("init"))), _fmt(_num(core.get("sequential"))), message]
+        )
+    skipped = [r for r in sec.rows if r[1] == NA]
+    sec.note = (
+        "CORE (DCLM's in-context suite as nanochat scores it): mean centred accuracy over the "
+        "tasks, 0 = chance, 1 = perfect; `eval.core_max_items` items per task. init = zero "
+        "memory, sequential = with the recurrent memory. "
+        + (
+            "CORE was skipped: the status says why and what to run."
+            if skipped
+            else "Tiny models score near 0; see the synthetic ICL rows above."
+        )
+    )
+    return sec
+
+
+def _samples_section(runs: Sequence[RunData], width: int = 90) -> Section:
+    sec = Section("Samples")
+    rows = []
+    for r in runs:
+        for s in r.samples or []:
+            text = str(s.get("completion", "")).replace("\n", "\u23ce")
+            if len(text) > width:
+                text = text[: width - 1] + "\u2026"
+            rows.append([r.name, repr(str(s.get("prompt", ""))), text])
+    if not rows:
+        sec.text = f"Samples: {NA} (no samples.json from the eval stage)."
+        return sec
+    sec.headers = ["variant", "prompt", "completion"]
+    sec.rows = rows
+    temps = {s.get("temperature") for r in runs for s in r.samples or []}
+    how = "greedy" if temps == {0.0} else f"temperature {', '.join(map(str, sorted(temps)))}"
+    sec.note = (
+        f"Continuations of `eval.samples_prompts` ({how}, exact decoding with the memory; "
+        "\u23ce = newline), to eyeball what each variant has learnt."
+    )
+    return sec
 
 
 _CSS = """
@@ -716,12 +1011,22 @@ tr:hover td{background:#f8fafc} .na{color:#9aa4b1;font-style:italic}
 .good{color:#1e8449;font-weight:600} .bad{color:#b03a2e;font-weight:600}
 .figs{display:flex;flex-wrap:wrap;gap:12px} .figs img{max-width:100%;width:500px;border:1px solid #eef0f3;
  border-radius:4px}
-.scroll{overflow-x:auto}
+.scroll{overflow-x:auto} td.txt{text-align:left;white-space:normal} .note{color:#3d4856;font-size:13px;margin-top:4px}
 """
+
+
+_NUMERIC = re.compile(r"[+\-\u2212]?[\d,.]+(e[+-]?\d+)?%?( \(.*\))?|–")
+
+
+def _is_numeric(cell: str) -> bool:
+    """Numbers (and NA / dashes) align right; text such as samples and messages aligns left."""
+    return cell in (NA, NOT_REACHED) or bool(_NUMERIC.fullmatch(cell))
 
 
 def _html_cell(s: str, tag: str = "td") -> str:
     cls = ' class="na"' if s in (NA, NOT_REACHED) else ""
+    if not cls and tag == "td" and not _is_numeric(s):
+        cls = ' class="txt"'
     if re.fullmatch(r"[+\u2212]\d+\.\d+", s):  # a delta (see _delta): lower BPB is better
         cls = ' class="good"' if s.startswith("\u2212") else ' class="bad"'
     return f"<{tag}{cls}>{html.escape(s)}</{tag}>"
@@ -759,6 +1064,8 @@ def render_html(sections: Sequence[Section], title: str, meta: str) -> str:
                 figs.append(f"<img alt='{html.escape(name)}' src='data:image/png;base64,{b64}'>")
         if figs:
             parts.append("<div class='figs'>" + "".join(figs) + "</div>")
+        if sec.note:
+            parts.append(f"<p class='note'>{_html_text(sec.note)}</p>")
         parts.append("</section>")
     parts.append("</main></body></html>\n")
     return "\n".join(parts)
@@ -772,9 +1079,11 @@ def render_markdown(sections: Sequence[Section], title: str, meta: str, fig_dir:
             lines += [sec.text, ""]
         if sec.headers and sec.rows:
             lines.append("| " + " | ".join(sec.headers) + " |")
-            lines.append(
-                "|" + "|".join("---" if i == 0 else "---:" for i in range(len(sec.headers))) + "|"
-            )
+            text_col = [
+                i == 0 or not all(_is_numeric(row[i]) for row in sec.rows if i < len(row))
+                for i in range(len(sec.headers))
+            ]
+            lines.append("|" + "|".join("---" if t else "---:" for t in text_col) + "|")
             lines += [
                 "| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in sec.rows
             ]
@@ -784,6 +1093,8 @@ def render_markdown(sections: Sequence[Section], title: str, meta: str, fig_dir:
                 lines += [f"{name.replace('_', ' ')}: {NA}.", ""]
             else:
                 lines += [f"![{name}]({fig_dir}/{name}.png)", ""]
+        if sec.note:
+            lines += [f"_{sec.note}_", ""]
     return "\n".join(lines)
 
 
@@ -826,6 +1137,10 @@ def render_report(
     return atomic_write_text(out_dir / "report.html", render_html(sections, title, meta))
 
 
+class ReportError(FileNotFoundError):
+    """Nothing to report: no run folder holds a training log or metrics file."""
+
+
 def build_report(settings: Any) -> Path:
     """Report stage: runs from `train.out_dir`, tokenizer stats from `tokenizer.out_dir`, sweep
     results from `report.out_dir/sweep.json`; writes into `report.out_dir`.
@@ -835,8 +1150,17 @@ def build_report(settings: Any) -> Path:
 
     Returns:
         Path of report.html.
+
+    Raises:
+        ReportError: no run in `train.out_dir` (the stage exits non-zero rather than writing an
+            empty report).
     """
     out_dir = Path(settings.report.out_dir)
+    if not load_runs(settings.train.out_dir):
+        raise ReportError(
+            f"no runs in {settings.train.out_dir} (train.out_dir): nothing to report; train and "
+            "evaluate first (`dvc repro`, or `lrt-pipeline run`)"
+        )
     return render_report(
         settings.train.out_dir,
         out_dir,

@@ -151,7 +151,7 @@ def test_report_full(project: Path) -> None:
         "BPB init",
         "BPB merged",
         "BPB refine",
-        "BPB sequential",
+        "BPB (exact decoding)",
         "core.sequential",
         "icl_acc.sequential.copy",
         "bpb_gap.merged",
@@ -161,7 +161,7 @@ def test_report_full(project: Path) -> None:
     assert "| BPB merged | not available | 1.1600 |" in ev_md
     # Comparison: lrt (60 steps at 2x FLOPs/token) vs baseline: equal tokens at 61440 tokens,
     # matched compute at 60*1024*12e6 FLOPs = baseline at 120 steps -> beyond its 100: not reached.
-    cmp_md = md.split("## LRT vs baseline")[1].split("## ")[0]
+    cmp_md = md.split("## Learning curves")[1].split("## ")[0]
     row = next(line for line in cmp_md.splitlines() if line.startswith("| lrt |"))
     base_curve_at_60 = 1.20 + 2.0 / 60
     assert f"{base_curve_at_60:.4f}" in row
@@ -171,6 +171,17 @@ def test_report_full(project: Path) -> None:
     row_big = next(line for line in cmp_md.splitlines() if line.startswith("| lrt_big |"))
     assert NOT_REACHED in row_big  # 100 steps at 2x compute
     assert "| vocab_size | 512 |" in md
+    # Headline (eval BPB): lrt has 60 steps, the baseline 100: not equal tokens; at 2x FLOPs per
+    # token the baseline's compute is 100*6e6 / (60*12e6) = 0.83x the LRT's: matched (<= 1.25x).
+    head_md = md.split("## Headline")[1].split("## ")[0]
+    row = next(line for line in head_md.splitlines() if line.startswith("| lrt |"))
+    assert (
+        row == "| lrt | 7.373e+11 | 1.1490 | not reached | – | 1.2100 (baseline, 0.83x) | −0.0610 |"
+    )
+    # every table has a sentence under it saying what it shows
+    for title in ("Runs", "Headline", "Learning curves", "Evaluation", "Per-position", "CORE"):
+        body = md.split(f"## {title}")[1].split("## ")[0]
+        assert body.rstrip().endswith("_") and "\n_" in body, title
 
 
 def test_report_missing_inputs(tmp_path: Path) -> None:
@@ -223,3 +234,127 @@ def test_build_report_from_settings(project: Path) -> None:
     assert out == reports / "report.html"
     md = (reports / "report.md").read_text()
     assert "| vocab_size | 512 |" in md and "figures/sweep_compute.png" in md
+
+
+def _eval_files(run: Path, metrics: dict, details: dict, samples: list | None = None) -> None:
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    (run / "eval_details.json").write_text(json.dumps(details))
+    if samples is not None:
+        (run / "samples.json").write_text(json.dumps(samples))
+
+
+@pytest.fixture
+def matched(tmp_path: Path) -> Path:
+    """baseline (100 steps), baseline_2x (200 steps) and lrt (100 steps at 2.01x FLOPs/token),
+    evaluated in today's layout: headline metrics.json, buckets in eval_details.json."""
+    runs = tmp_path / "runs"
+    buckets = {"edges": [0, 8, 16], "bpb": [1.5, 1.3]}
+    for name, steps, fpt, bpb in (
+        ("baseline", 100, 6e6, 1.30),
+        ("baseline_2x", 200, 6e6, 1.22),
+        ("lrt", 100, 12.06e6, 1.25),
+    ):
+        pathway = "shared" if name == "lrt" else "none"
+        _write_run(runs, name, pathway, steps=steps, flops_per_tok=fpt, final_bpb=bpb)
+        seq = {"edges": [0, 8, 16], "bpb": [1.4, 1.2]} if name == "lrt" else buckets
+        _eval_files(
+            runs / name,
+            {"val_bpb": bpb, "bpb": {"init": bpb + 0.05, "sequential": bpb}, "core": {}},
+            {
+                "metrics": {"bpb_buckets": {"init": buckets, "sequential": seq}},
+                "core_status": {
+                    "available": False,
+                    "message": "CORE skipped: eval bundle unavailable: no network; run "
+                    "`dvc repro -f -s eval_bundle && dvc repro` with network",
+                },
+            },
+            [{"prompt": "def ", "completion": f"{name}()\nreturn", "temperature": 0.0}],
+        )
+    return tmp_path
+
+
+def test_matched_compute_row_has_numbers_with_a_baseline_2x(matched: Path) -> None:
+    from pipeline.report import headline_deltas, load_runs
+
+    render_report(matched / "runs", matched / "reports")
+    md = (matched / "reports" / "report.md").read_text()
+    head_md = md.split("## Headline")[1].split("## ")[0]
+    row = next(line for line in head_md.splitlines() if line.startswith("| lrt |"))
+    # equal tokens: baseline (1.00x); matched compute: baseline_2x at 200*6e6 / (100*12.06e6)
+    assert "1.3000 (baseline, 1.00x)" in row and "\u22120.0500" in row
+    assert f"1.2200 (baseline_2x, {200 * 6e6 / (100 * 12.06e6):.2f}x)" in row
+    assert "+0.0300" in row
+    deltas = headline_deltas(load_runs(matched / "runs"))
+    assert deltas == pytest.approx(
+        {"lrt/bpb": 1.25, "lrt/delta_equal_tokens": -0.05, "lrt/delta_matched_compute": 0.03}
+    )
+    # CORE status and samples are in the report
+    assert "CORE skipped: eval bundle unavailable: no network" in md
+    samples_md = md.split("## Samples")[1].split("## ")[0]
+    assert "| lrt | 'def ' | lrt()\u23cereturn |" in samples_md
+    # per-position chart is the difference from the baseline
+    assert "## Per-position BPB: difference from baseline" in md
+    assert (matched / "reports" / "figures" / "bpb_buckets.png").is_file()
+
+
+def test_bucket_difference_values(matched: Path) -> None:
+    """The plotted differences, by hand: lrt sequential [1.4, 1.2] minus the baseline's
+    sequential [1.5, 1.3] = [-0.1, -0.1]; lrt init [1.5, 1.3] minus it = [0, 0]."""
+    from unittest import mock
+
+    from pipeline import report
+    from pipeline.report import load_runs
+
+    runs = {r.name: r for r in load_runs(matched / "runs")}
+    plotted: dict[str, list[float]] = {}
+    real_subplots = report._plt().subplots
+
+    def subplots(*args, **kwargs):
+        fig, ax = real_subplots(*args, **kwargs)
+        real_plot = ax.plot
+
+        def plot(xs, ys, *a, label=None, **k):
+            plotted[label] = list(ys)
+            return real_plot(xs, ys, *a, label=label, **k)
+
+        ax.plot = plot
+        return fig, ax
+
+    with mock.patch.object(report._plt(), "subplots", subplots):
+        assert report.plot_bucket_diff([runs["lrt"]], runs["baseline"]) is not None
+    assert plotted["lrt (sequential)"] == pytest.approx([-0.1, -0.1])
+    assert plotted["lrt (init)"] == pytest.approx([0.0, 0.0])
+
+
+def test_report_with_no_runs_is_an_error(tmp_path: Path) -> None:
+    from pipeline.report import ReportError, build_report
+    from pipeline.settings import load_settings
+
+    settings = load_settings(
+        None, [f"train.out_dir={tmp_path / 'runs'}", f"report.out_dir={tmp_path / 'rep'}"]
+    )
+    with pytest.raises(ReportError, match="no runs in .*train and evaluate first"):
+        build_report(settings)
+    assert not (tmp_path / "rep" / "report.html").exists()
+
+
+def test_summary_table() -> None:
+    from pipeline.report import summary_table
+
+    table = summary_table(
+        {
+            "baseline": {"val_bpb": 1.3, "bpb": {"init": 1.3, "sequential": 1.3}, "core": {}},
+            "lrt": {
+                "val_bpb": 1.25,
+                "bpb": {"init": 1.35, "merged": 1.26, "sequential": 1.25},
+                "core": {"init": 0.01, "sequential": 0.02},
+            },
+            "broken": None,
+        }
+    )
+    lines = table.splitlines()
+    assert len(lines) == 4 and max(map(len, lines)) <= 100
+    assert lines[0].split()[:3] == ["variant", "BPB", "init"]
+    assert lines[2].split() == ["lrt", "1.3500", "1.2600", "–", "1.2500", "0.0100", "0.0200",
+                                "\u22120.0500"]  # fmt: skip
+    assert lines[3].split()[1:] == ["–"] * 7

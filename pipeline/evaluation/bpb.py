@@ -24,7 +24,9 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +37,10 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """`(idx, targets) -> (B, T)` per-token cross-entropy in nats (any value where targets == -1)."""
 
 LRT_MODES = ("init", "merged", "refine", "sequential")
+PROGRESS_EVERY_S = 30.0
+"""Seconds between plain progress lines when there is no progress bar."""
+
+log = logging.getLogger(__name__)
 
 # -----------------------------------------------------------------------------
 # Accumulation
@@ -244,11 +250,13 @@ def evaluate_bpb(
     seen = dict.fromkeys(loss_fns, 0)
     common_tokens = 0
     bar = None
+    total = None if max_tokens is None else int(max_tokens)
     if progress:
         from tqdm.auto import tqdm
 
-        total = None if max_tokens is None else int(max_tokens)
         bar = tqdm(total=total, unit="tok", desc="bpb " + "/".join(loss_fns), leave=False)
+    started = last_line = time.perf_counter()
+    scored = 0
     for inputs, targets in batches:
         active = [m for m in loss_fns if seen[m] < caps[m]]
         if not active:
@@ -264,8 +272,19 @@ def evaluate_bpb(
             seen[m] += y.numel()
         if everyone:
             common_tokens += y.numel()
+        scored += y.numel()
         if bar is not None:
             bar.update(y.numel())
+        elif time.perf_counter() - last_line >= PROGRESS_EVERY_S:
+            # No progress bar (not a terminal): a plain line now and then instead of tqdm frames.
+            last_line = time.perf_counter()
+            log.info(
+                "bpb %s: %d/%s tokens, %.0f s",
+                "/".join(active),
+                scored,
+                total if total is not None else "?",
+                last_line - started,
+            )
     if bar is not None:
         bar.close()
     return BPBEvaluation(

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -43,6 +44,8 @@ TASK_TYPES = ("multiple_choice", "schema", "language_modeling")
 
 SHUFFLE_SEED = 1337  # nanochat shuffles each file once, so `max_items` takes a fair sample
 FEWSHOT_SEED = 1234  # per-item few-shot draw: random.Random(FEWSHOT_SEED + item index)
+
+log = logging.getLogger(__name__)
 
 # -----------------------------------------------------------------------------
 # Task table
@@ -517,6 +520,13 @@ def evaluate_core(
         )
         for mode, r in res.items():
             per_mode[mode][spec.name] = r
+        if not progress:  # no bars (not a terminal): one plain line per task
+            log.info(
+                "core %s: %s (%d items)",
+                spec.name,
+                ", ".join(f"{m} acc {r.accuracy:.3f}" for m, r in res.items()),
+                next(iter(res.values())).n if res else 0,
+            )
     out = {}
     for mode, task_results in per_mode.items():
         vals = [r.centered for r in task_results.values()]

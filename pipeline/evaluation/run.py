@@ -6,8 +6,11 @@
 Reads `{train.out_dir}/{variant}/model.pt` and the shards + tokenizer in `tokenizer.out_dir`;
 writes into `{train.out_dir}/{variant}/`:
 
-    metrics.json       headline numbers for `dvc metrics show`, MLflow and the report
-    eval_details.json  per-task CORE, ICL accuracy per number of examples, per-position losses
+    metrics.json       headline numbers only (`split_headline`), for `dvc metrics show`,
+                       `dvc exp show`, MLflow and the report
+    eval_details.json  the rest: per-position BPB buckets (`metrics.bpb_buckets`), every mode's
+                       gap and in-context gain, per-task CORE, ICL accuracy per number of
+                       examples, per-position losses, CORE status (`core_status`)
     samples.json       generations from `eval.samples_prompts`
 
 A baseline (no pathway) computes one function in every mode (an identity `lrt` tests): its
@@ -20,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -165,6 +169,11 @@ def evaluate_model(
         "bpb": {m: r.bpb for m, r in bpb.common.items()},
     }
     timings["bpb"] = time.perf_counter() - t0
+    log.info(
+        "BPB %s (%.1f s)",
+        ", ".join(f"{m} {r.bpb:.4f}" for m, r in bpb.results.items()),
+        timings["bpb"],
+    )
 
     # -- CORE -----------------------------------------------------------------------------------
     scorer = lrt_scorer(model, device=device)
@@ -241,7 +250,38 @@ def evaluate_model(
     )
     timings["samples"] = time.perf_counter() - t0
     details["seconds"] = timings
+    metrics, details["metrics"] = split_headline(metrics)
     return metrics, details, samples
+
+
+HEADLINE_KEYS = ("step", "val_bpb", "val_loss", "bpb", "core", "icl_acc")
+"""Kept whole in metrics.json; of `bpb_gap` only `merged` (the train/test gap) and of `icl_gain`
+only `init` and `sequential` are headline; the rest goes to eval_details.json."""
+
+
+def split_headline(metrics: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(headline, rest): what `dvc metrics show` lists (a dozen or so numbers per variant) and
+    the detail (per-position buckets, every mode's gap and gain, token counts).
+
+    >>> split_headline({"val_bpb": 1.0, "bpb_gap": {"merged": 0.1, "init": 0.2}, "val_tokens": 8})
+    ({'val_bpb': 1.0, 'bpb_gap': {'merged': 0.1}}, {'bpb_gap': {'init': 0.2}, 'val_tokens': 8})
+    """
+    keep_sub = {"bpb_gap": ("merged",), "icl_gain": ("init", "sequential")}
+    head: dict[str, Any] = {}
+    rest: dict[str, Any] = {}
+    for key, value in metrics.items():
+        if key in HEADLINE_KEYS:
+            head[key] = value
+        elif key in keep_sub and isinstance(value, Mapping):
+            sub = {m: v for m, v in value.items() if m in keep_sub[key]}
+            other = {m: v for m, v in value.items() if m not in keep_sub[key]}
+            if sub:
+                head[key] = sub
+            if other:
+                rest[key] = other
+        else:
+            rest[key] = value
+    return head, rest
 
 
 def evaluate_variant(settings: Any, variant: str, *, tracker: Any = None) -> dict[str, Any]:
@@ -283,6 +323,7 @@ def evaluate_variant(settings: Any, variant: str, *, tracker: Any = None) -> dic
             strategy=strategy,
             batch_size=settings.train.device_batch_size,
             device=device,
+            progress=sys.stderr.isatty(),  # tqdm on a terminal; plain log lines otherwise
         )
         metrics = {"step": int(state.get("step", 0)), **metrics}
         paths = [
