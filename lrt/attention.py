@@ -154,6 +154,21 @@ def window_masks(
     return out
 
 
+def causal_masks(
+    n: int, windows: list[int], device: torch.device | str | None = None
+) -> dict[int, object]:
+    """{layer window: mask} of a plain causal pass over n positions: None (plain causal
+    kernel) where the window excludes no key, else the windowed causal mask (built here,
+    outside compiled code, like every other pass mask)."""
+    out: dict[int, object] = dict.fromkeys(windows)
+    needed = [w for w in out if window_needed(w, n)]
+    if needed:
+        q_pos = torch.arange(n, device=device)
+        for w in needed:
+            out[w] = attention_mask(q_pos, n, n, device, ("causal", n), w)
+    return out
+
+
 def masked_attention(
     q: Tensor,
     k: Tensor,

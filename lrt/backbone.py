@@ -57,8 +57,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lrt.attention import (
-    attention_mask,
     causal_attention,
+    causal_masks,
     masked_attention,
     window_masks,
     window_needed,
@@ -368,11 +368,11 @@ class Backbone(nn.Module):
                 (`KVCache`), or written at the device-side position of a `StaticKVCache`.
             capture: also return per-layer (k_base, v_base, gate) for the K/V refresh.
             mask_key: hashable name of the position mask (lets FlexAttention cache it).
-            attn_mask: the buffer pass's masks, {layer window: mask}, prebuilt with
-                `lrt.attention.window_masks([positions], T_full, model.window_sizes, ...)[0]`
-                outside compiled code (the strategies do); a single mask is accepted when no
-                layer's window excludes a key. None builds them here, once, before the layer
-                loop.
+            attn_mask: the pass's masks, {layer window: mask}, prebuilt outside compiled code
+                (the strategies do): for a buffer pass `lrt.attention.window_masks([positions],
+                T_full, model.window_sizes, ...)[0]` (a single mask is accepted when no layer's
+                window excludes a key), for a plain pass `lrt.attention.causal_masks(T,
+                model.window_sizes)`. None builds them here, once, before the layer loop.
             fused_weights: from `fused_projection_weights()`: stacked q/k/v/gate and memory
                 K/V projection weights, fewer matmuls (a snapshot; rebuild it after the weights
                 change).
@@ -381,7 +381,9 @@ class Backbone(nn.Module):
         b, t = idx.shape
         windows = self.window_sizes
         if cache is not None:  # rotary rows and masks come from the cache (dynamic or static)
-            cos, sin, q_pos, masks = cache.pass_context(self.cos, self.sin, t, cfg.rope_len, windows)
+            cos, sin, q_pos, masks = cache.pass_context(
+                self.cos, self.sin, t, cfg.rope_len, windows
+            )
             ctx = _AttnCtx(q_pos, None, cache, masks)
         elif buffer is not None:
             if positions is None:
@@ -402,13 +404,10 @@ class Backbone(nn.Module):
             if t > cfg.rope_len:
                 raise ValueError(f"sequence longer than the rotary table ({t} > {cfg.rope_len})")
             cos, sin = self.cos[:t], self.sin[:t]
-            masks: dict[int, Any] = dict.fromkeys(windows)
+            masks = attn_mask if attn_mask is not None else causal_masks(t, windows, idx.device)
             q_pos = None
-            if any(window_needed(w, t) for w in windows):
+            if any(m is not None for m in masks.values()):
                 q_pos = torch.arange(t, device=idx.device)
-                for w in masks:
-                    if window_needed(w, t):
-                        masks[w] = attention_mask(q_pos, t, t, idx.device, ("causal", t), w)
             ctx = _AttnCtx(q_pos, None, None, masks)
 
         pw = self.pathway

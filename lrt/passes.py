@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lrt.attention import window_masks
+from lrt.attention import causal_masks, window_masks
 from lrt.backbone import KV, Backbone
 from lrt.config import StrategyConfig
 from lrt.recurrence import shift_right
@@ -80,8 +80,14 @@ def _pad_rows(kv: Tensor, pad: int) -> Tensor:
     return F.pad(kv.transpose(1, 2), (0, 0, 0, 0, 0, pad)).transpose(1, 2)
 
 
+def _plain(model: Backbone, idx: Tensor, memory: Tensor, capture: bool = False):
+    """A plain pass with its masks built here, outside a compiled model (no graph break)."""
+    masks = causal_masks(idx.size(1), model.window_sizes, idx.device)
+    return model(idx, memory, capture=capture, attn_mask=masks)
+
+
 def run_none(model: Backbone, idx: Tensor) -> Run:
-    out = model(idx, _zeros_memory(model, idx))
+    out = _plain(model, idx, _zeros_memory(model, idx))
     return Run([[Piece(None, out.hidden)]], out.source, out.kv)
 
 
@@ -130,7 +136,7 @@ def run_interleaved(
         idx.device,
         [("stride", s, subsets, t) for s in range(len(subset_pos))],
     )
-    init = model(idx, _zeros_memory(model, idx), capture=refresh)
+    init = _plain(model, idx, _zeros_memory(model, idx), capture=refresh)
     passes = [[Piece(None, init.hidden)]]
     source, buffer = init.source, init.kv
     pre = init.pre
@@ -154,7 +160,7 @@ def run_multi_refine(model: Backbone, idx: Tensor, steps: int, detach: bool = Fa
     memory = _zeros_memory(model, idx)
     passes = []
     for _ in range(steps + 1):
-        out = model(idx, memory)
+        out = _plain(model, idx, memory)
         passes.append([Piece(None, out.hidden)])
         memory = shift_right(out.source.detach() if detach else out.source)
     return Run(passes, out.source, out.kv)
@@ -163,7 +169,7 @@ def run_multi_refine(model: Backbone, idx: Tensor, steps: int, detach: bool = Fa
 def run_chunked(model: Backbone, idx: Tensor, chunk: int, detach: bool = False) -> Run:
     b, t = idx.shape
     c0 = min(chunk, t)
-    first = model(idx[:, :c0], _zeros_memory(model, idx[:, :c0]))
+    first = _plain(model, idx[:, :c0], _zeros_memory(model, idx[:, :c0]))
     pieces = [Piece(None if c0 == t else torch.arange(c0, device=idx.device), first.hidden)]
     pad = t - c0
     buffer = [(_pad_rows(k, pad), _pad_rows(v, pad)) for k, v in first.kv]

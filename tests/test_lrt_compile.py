@@ -91,7 +91,7 @@ def test_compiled_interleaved_step_graphs_do_not_grow_with_depth(backend):
 
 def buffer_pass_breaks(depth: int, prebuilt_mask: bool) -> int:
     """Graph breaks dynamo's explain finds in one interleaved subset (buffer) pass."""
-    from lrt.attention import attention_mask
+    from lrt.attention import window_masks
 
     torch._dynamo.reset()
     model = make_model(depth)
@@ -102,7 +102,7 @@ def buffer_pass_breaks(depth: int, prebuilt_mask: bool) -> int:
         pos = torch.arange(1, T, 2)
         memory = shift_right(init.source)[:, pos]
         key = ("stride", 1, 2, T)
-        kw = {"attn_mask": attention_mask(pos, pos.numel(), T, idx.device, key)}
+        kw = {"attn_mask": window_masks([pos], T, model.window_sizes, idx.device, [key])[0]}
         if not prebuilt_mask:
             kw = {"mask_key": key}
         explanation = torch._dynamo.explain(model)(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 
+import lrt_reference
 import pytest
 import torch
 import torch.nn.functional as F
@@ -300,106 +301,9 @@ def test_multi_refine_detach_cuts_gradient_between_passes():
 # Loss aggregation and the hand-written S = 2 reference
 
 
-def _rms(x: torch.Tensor) -> torch.Tensor:
-    return x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + torch.finfo(x.dtype).eps)
-
-
-def _rope(x: torch.Tensor, pos: int, base: float) -> torch.Tensor:
-    """x: (H, D); rotate dim i with dim i + D/2 by angle pos / base^(2i/D)."""
-    h, d = x.shape
-    half = d // 2
-    out = x.clone()
-    for i in range(half):
-        a = pos / base ** (2 * i / d)
-        c, s = math.cos(a), math.sin(a)
-        out[:, i] = x[:, i] * c + x[:, i + half] * s
-        out[:, i + half] = x[:, i + half] * c - x[:, i] * s
-    return out
-
-
-def _ref_position(model: LRT, token: int, pos: int, mem: torch.Tensor, visible):
-    """One position through every layer, written out by hand.
-
-    visible(layer, k, v) -> (K, V) (n, H, D): the key/value rows this query may attend to,
-    its own fresh (k, v) included. Returns (final normed state, source state, [(k, v)] per layer).
-    """
-    cfg, pw = model.config, model.pathway
-    h, d = cfg.n_head, cfg.head_dim
-    x = _rms(model.wte.weight[token])
-    kvs, source = [], None
-    for i, blk in enumerate(model.blocks):
-        x = x + pw.gamma[i] * mem
-        xn = _rms(x)
-        q = (blk.attn.c_q.weight @ xn).view(h, d)
-        k = (blk.attn.c_k.weight @ xn).view(h, d)
-        v = (blk.attn.c_v.weight @ xn).view(h, d)
-        g = 2 * torch.sigmoid(pw.gates[i].weight @ xn)  # (H,)
-        k = k + g[:, None] * (pw.k_proj[i].weight @ mem).view(h, d)
-        v = v + g[:, None] * (pw.v_proj[i].weight @ mem).view(h, d)
-        q, k = _rms(_rope(q, pos, cfg.rope_base)), _rms(_rope(k, pos, cfg.rope_base))
-        keys, values = visible(i, k, v)
-        att = torch.softmax((keys * q).sum(-1) / math.sqrt(d), dim=0)  # (n, H)
-        y = (att[:, :, None] * values).sum(0).reshape(-1)
-        x = x + blk.attn.c_proj.weight @ y
-        x = x + blk.mlp.c_proj.weight @ F.relu(blk.mlp.c_fc.weight @ _rms(x)).square()
-        kvs.append((k, v))
-        if i == cfg.source_index:
-            source = _rms(x)
-    return _rms(x), source, kvs
-
-
-def _ref_logits(model: LRT, hidden: torch.Tensor) -> torch.Tensor:
-    return 15.0 * torch.tanh((model.lm_head.weight @ hidden) / 15.0)
-
-
-def reference_interleaved(
-    model: LRT, seq: list[int], subsets: int
-) -> list[dict[int, torch.Tensor]]:
-    """Slow interleaved schedule for one sequence: per pass, {position: logits}."""
-    n_layer, c = model.config.n_layer, model.config.n_embd
-    n = len(seq)
-    buf_k = [[None] * n for _ in range(n_layer)]
-    buf_v = [[None] * n for _ in range(n_layer)]
-    src: list[torch.Tensor | None] = [None] * n
-    passes = []
-    # init pass: zero memory; position t attends to init rows 0..t
-    logits = {}
-    for t in range(n):
-
-        def visible(i, k, v, t=t):
-            return (torch.stack([*buf_k[i][:t], k]), torch.stack([*buf_v[i][:t], v]))
-
-        hid, s, kvs = _ref_position(model, seq[t], t, torch.zeros(c), visible)
-        for i, (k, v) in enumerate(kvs):
-            buf_k[i][t], buf_v[i][t] = k, v
-        src[t], logits[t] = s, _ref_logits(model, hid)
-    passes.append(logits)
-    # subset passes, in order; memory from the source states as they were before the pass
-    for s_idx in range(subsets):
-        subset = [t for t in range(n) if t % subsets == s_idx]
-        src_before = list(src)
-        fresh_k = [{} for _ in range(n_layer)]
-        fresh_v = [{} for _ in range(n_layer)]
-        new_src, logits = {}, {}
-        for t in subset:
-            mem = src_before[t - 1] if t > 0 else torch.zeros(c)
-
-            def visible(i, k, v, t=t, fk=fresh_k, fv=fresh_v):
-                ks = [fk[i].get(j, buf_k[i][j]) for j in range(t)] + [k]
-                vs = [fv[i].get(j, buf_v[i][j]) for j in range(t)] + [v]
-                return torch.stack(ks), torch.stack(vs)
-
-            hid, s, kvs = _ref_position(model, seq[t], t, mem, visible)
-            for i, (k, v) in enumerate(kvs):
-                fresh_k[i][t], fresh_v[i][t] = k, v
-            new_src[t], logits[t] = s, _ref_logits(model, hid)
-        for i in range(n_layer):
-            for t in subset:
-                buf_k[i][t], buf_v[i][t] = fresh_k[i][t], fresh_v[i][t]
-        for t, s in new_src.items():
-            src[t] = s
-        passes.append(logits)
-    return passes
+def reference_interleaved(model: LRT, seq: list[int], subsets: int, **kw):
+    """Slow interleaved schedule for one sequence (tests/lrt_reference.py)."""
+    return lrt_reference.interleaved(model, seq, subsets, **kw)
 
 
 def test_hand_written_s2_reference_matches_fast_path():

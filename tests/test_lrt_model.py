@@ -231,7 +231,8 @@ def test_sequential_forward_batched_equals_single():
     idx = tokens(3)
     batched = sequential_forward(model, idx)
     for b in range(3):
-        torch.testing.assert_close(batched[b], sequential_forward(model, idx[b : b + 1])[0])
+        single = sequential_forward(model, idx[b : b + 1])[0]
+        torch.testing.assert_close(batched[b], single, rtol=1e-4, atol=1e-4)
 
 
 def test_generate_seeded_deterministic_and_greedy_is_argmax():
