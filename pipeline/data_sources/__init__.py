@@ -10,7 +10,7 @@ resumable, verified download the `download` stage calls. See docs/DATA.md.
 from __future__ import annotations
 
 from pipeline.data_sources.fetcher import ShardResult, download_shards, hub_available, verify_shard
-from pipeline.data_sources.plan import (
+from pipeline.data_sources.planning import (
     InsufficientDiskError,
     ShardPlan,
     check_disk,

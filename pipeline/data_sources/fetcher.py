@@ -32,7 +32,7 @@ from typing import Any
 
 import polars as pl
 
-from pipeline.data_sources.plan import ShardPlan
+from pipeline.data_sources.planning import ShardPlan
 from pipeline.data_sources.progress import Progress
 from pipeline.data_sources.table import DatasetSpec
 
@@ -113,7 +113,7 @@ def download_shards(
 
     Args:
         spec: The dataset.
-        shard_plan: Shards to fetch (`pipeline.data_sources.plan`).
+        shard_plan: Shards to fetch (`pipeline.data_sources.planning`).
         dest: Output folder (created).
         workers: Shards transferred at once.
         reuse_dirs: Folders whose verified shards of the same name are linked, never fetched.
@@ -194,6 +194,15 @@ class _Job:
     def get(self, index: int, split: str) -> ShardResult:
         if self.stop.is_set():
             raise _Stopped
+        try:
+            return self._get(index, split)
+        except _Stopped:
+            raise
+        except BaseException:
+            self.stop.set()  # here, not in the caller: this worker's next shard must not start
+            raise
+
+    def _get(self, index: int, split: str) -> ShardResult:
         name = self.spec.filename(index)
         final = self.dest / name
         tmp = self.dest / f"{name}.tmp"

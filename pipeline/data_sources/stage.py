@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from pipeline.data_sources.fetcher import download_shards, hub_available, verify_shard
-from pipeline.data_sources.plan import (
+from pipeline.data_sources.planning import (
     ShardPlan,
     check_disk,
     measure_bytes_per_token,
