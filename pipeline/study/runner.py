@@ -108,6 +108,9 @@ def cell_key(arm: Arm, seed: int, steps: int, ctx: CellContext) -> str:
 
 
 def git_commit(project_dir: Path | None = None) -> str | None:
+    """HEAD of the checkout, or `LRT_STUDY_COMMIT` (a run from an exported snapshot)."""
+    if os.environ.get("LRT_STUDY_COMMIT"):
+        return os.environ["LRT_STUDY_COMMIT"]
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=project_dir or Path.cwd(),
