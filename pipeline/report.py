@@ -1161,9 +1161,25 @@ def build_report(settings: Any) -> Path:
             f"no runs in {settings.train.out_dir} (train.out_dir): nothing to report; train and "
             "evaluate first (`dvc repro`, or `lrt-pipeline run`)"
         )
-    return render_report(
+    path = render_report(
         settings.train.out_dir,
         out_dir,
         tokens_stats=Path(settings.tokenizer.out_dir) / "stats.json",
         sweep=out_dir / "sweep.json",
+    )
+    _log_parent(settings, load_runs(settings.train.out_dir))
+    return path
+
+
+def _log_parent(settings: Any, runs: Sequence[RunData]) -> None:
+    """Headline deltas vs baseline and what each variant is, on the MLflow parent run (a no-op
+    without an active stage run)."""
+    from pipeline import tracking
+
+    variants = {}
+    for r in runs:
+        variants[r.name] = f"pathway={r.pathway}, strategy={r.strategy}"
+    tracking.log_to_parent(
+        metrics=headline_deltas(runs),
+        params={"variants": variants, "report.out_dir": str(settings.report.out_dir)},
     )

@@ -48,15 +48,22 @@ TAG_VARIANT = "lrt.variant"
 TAG_COMMIT = "lrt.git_commit"
 TAG_DVC_LOCK = "lrt.dvc_lock_sha256"
 TAG_PARENT = "mlflow.parentRunId"
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+"""What MLflow 3's UI reads to open an experiment on its Runs table ("Machine learning") rather
+than the GenAI traces view; the UI's own values are in its `ExperimentKind` enum."""
+TAG_CHANGES = "lrt.changes"
 
 __all__ = [
     "PARENT_ENV",
     "Tracker",
     "active_run_id",
+    "describe_changes",
     "flatten_metrics",
     "log_artifact",
     "log_metrics",
     "log_params",
+    "log_to_parent",
     "set_tags",
 ]
 
@@ -113,6 +120,46 @@ def set_tags(tags: Mapping[str, Any]) -> None:
     if active_run_id() is None:
         return
     _mlflow().set_tags({k: str(v) for k, v in tags.items()})
+
+
+def log_to_parent(
+    metrics: Mapping[str, Any] | None = None,
+    params: Mapping[str, Any] | None = None,
+    tags: Mapping[str, Any] | None = None,
+) -> str | None:
+    """Log to the parent of the active child run (the pipeline invocation): headline numbers and
+    what the invocation compared. A param already logged with another value (a rerun under the
+    same parent) becomes a tag instead of an error. Returns the parent id; None (no-op) without
+    an active child run."""
+    mlflow = _mlflow()
+    run = mlflow.active_run() if mlflow is not None else None
+    parent = run.data.tags.get(TAG_PARENT) if run is not None else None
+    if parent is None:
+        run_id = active_run_id()
+        if run_id is None:
+            return None
+        parent = mlflow.MlflowClient().get_run(run_id).data.tags.get(TAG_PARENT)
+        if parent is None:
+            return None
+    client = mlflow.MlflowClient()
+    now = int(time.time() * 1000)
+    from mlflow.entities import Metric, Param, RunTag
+
+    flat = flatten_metrics(metrics or {})
+    client.log_batch(parent, metrics=[Metric(k, v, now, 0) for k, v in flat.items()])
+    existing = client.get_run(parent).data.params
+    new_params, as_tags = {}, {}
+    for key, value in _flatten_params(params or {}).items():
+        if key not in existing:
+            new_params[key] = value
+        elif existing[key] != value:
+            as_tags[f"param.{key}"] = value
+    if new_params:
+        client.log_batch(parent, params=[Param(k, v) for k, v in new_params.items()])
+    all_tags = {**{k: str(v) for k, v in (tags or {}).items()}, **as_tags}
+    if all_tags:
+        client.log_batch(parent, tags=[RunTag(k, v[:5000]) for k, v in all_tags.items()])
+    return parent
 
 
 _METRIC_KEY = re.compile(r"[^A-Za-z0-9_\-. /]")
@@ -234,12 +281,25 @@ class Tracker:
                 experiment = client.get_experiment_by_name(self.settings.experiment)
                 if experiment is not None:
                     self._experiment_id = experiment.experiment_id
+                    if TAG_EXPERIMENT_KIND not in experiment.tags:  # made by an older version
+                        client.set_experiment_tag(
+                            self._experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND
+                        )
                 else:
                     location = Path(self.settings.artifact_location)
                     if not location.is_absolute():
                         location = self.project_dir / location
                     self._experiment_id = client.create_experiment(
-                        self.settings.experiment, artifact_location=location.resolve().as_uri()
+                        self.settings.experiment,
+                        artifact_location=location.resolve().as_uri(),
+                        tags={
+                            TAG_EXPERIMENT_KIND: EXPERIMENT_KIND,
+                            "mlflow.note.content": (
+                                "LRT pipeline runs: one parent per invocation (its name says "
+                                "what changed), one child per stage and variant. Group by the "
+                                "tag lrt.variant or the params model.pathway / strategy.name."
+                            ),
+                        },
                     )
         return self._experiment_id
 
@@ -256,7 +316,11 @@ class Tracker:
         if os.environ.get(PARENT_ENV):
             yield os.environ[PARENT_ENV]
             return
-        run = self.client.create_run(self.experiment_id, run_name=name, tags=self._base_tags())
+        changes = describe_changes(self.project_dir)
+        tags = {**self._base_tags(), TAG_CHANGES: ", ".join(changes) or "none"}
+        run = self.client.create_run(
+            self.experiment_id, run_name=_parent_name(name, changes), tags=tags
+        )
         run_id = run.info.run_id
         os.environ[PARENT_ENV] = run_id
         status = "FAILED"
@@ -283,10 +347,13 @@ class Tracker:
             )
             if found:
                 return found[0].info.run_id
-        tags = self._base_tags()
+        changes = describe_changes(self.project_dir)
+        tags = {**self._base_tags(), TAG_CHANGES: ", ".join(changes) or "none"}
         if invocation is not None:
             tags[TAG_INVOCATION] = invocation
-        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
+        run = self.client.create_run(
+            self.experiment_id, run_name=_parent_name(run_name, changes), tags=tags
+        )
         self._own_parent = run.info.run_id
         return run.info.run_id
 
@@ -352,6 +419,55 @@ class Tracker:
             if os.environ.get(env):
                 tags[tag] = os.environ[env]
         return tags
+
+
+def describe_changes(project_dir: str | Path, argv: list[str] | None = None) -> list[str]:
+    """What this invocation changed, as `key=value` strings: params.yaml entries that differ
+    from the committed one (what `dvc exp run -S` does), then `--set` arguments of the command
+    line, then LRT_* settings in the environment.
+
+    >>> describe_changes("/nonexistent", ["lrt-pipeline", "run", "--set", "train.max_steps=9"])
+    ['train.max_steps=9']
+    """
+    project_dir = Path(project_dir)
+    changes: list[str] = []
+    params = project_dir / "params.yaml"
+    if params.is_file():
+        try:
+            import yaml
+
+            committed = subprocess.run(
+                ["git", "show", "HEAD:params.yaml"],
+                cwd=project_dir,
+                capture_output=True,
+                text=True,
+                timeout=10,
+            )
+            if committed.returncode == 0:
+                old = _flatten_params(yaml.safe_load(committed.stdout) or {})
+                new = _flatten_params(yaml.safe_load(params.read_text()) or {})
+                changes += [f"{k}={v}" for k, v in new.items() if old.get(k) != v]
+                changes += [f"{k} removed" for k in old if k not in new]
+        except (OSError, subprocess.SubprocessError, ValueError, ImportError):
+            pass  # not a git checkout, or an unreadable file: nothing to compare
+    args = sys.argv if argv is None else argv
+    for i, arg in enumerate(args):
+        if arg == "--set" and i + 1 < len(args):
+            changes.append(args[i + 1])
+        elif arg.startswith("--set="):
+            changes.append(arg.removeprefix("--set="))
+    for key, value in sorted(os.environ.items()):
+        if key.startswith("LRT_") and "__" in key:
+            changes.append(f"{key.removeprefix('LRT_').lower().replace('__', '.')}={value}")
+    return list(dict.fromkeys(changes))
+
+
+def _parent_name(label: str, changes: list[str]) -> str:
+    """`dvc repro <time> [train.max_steps=300]`: the invocation and what it changed."""
+    if not changes:
+        return label
+    text = ", ".join(changes)
+    return f"{label} [{text if len(text) <= 120 else text[:119] + '…'}]"
 
 
 def _git_commit(project_dir: Path) -> str | None:

@@ -426,3 +426,64 @@ def test_run_sweep_smoke(packed, tmp_path) -> None:
     on_disk = json.loads((tmp_path / "reports" / "sweep.json").read_text())
     assert len(on_disk["runs"]) == 3
     assert (tmp_path / "reports" / "sweep.md").is_file()
+
+
+def test_evaluate_variant_tracked_in_mlflow(packed, tmp_path) -> None:
+    """The eval run carries the variant's model and strategy params (UI grouping by pathway or
+    strategy) and a logged pyfunc model that generates from a prompt; a real SQLite store."""
+    import lrt
+    from pipeline.checkpoint import save_model
+    from pipeline.evaluation.run import evaluate_variant
+    from pipeline.settings import load_settings
+    from pipeline.tracking import Tracker
+
+    data_dir, tok = packed
+    torch.manual_seed(0)
+    cfg = lrt.LRTConfig(
+        vocab_size=tok.vocab_size, depth=1, seq_len=16, n_embd=32, n_head=2, pathway="shared"
+    )
+    model = lrt.LRT(cfg)
+    model.init_weights()
+    strat = lrt.StrategyConfig(name="interleaved", subsets=2)
+    save_model(tmp_path / "runs" / "lrt" / "model.pt", model, model_config=cfg.to_dict(),
+               strategy_config=strat.__dict__, step=3)  # fmt: skip
+    settings = load_settings(
+        None,
+        [
+            f"tokenizer.out_dir={data_dir}",
+            f"train.out_dir={tmp_path / 'runs'}",
+            "train.device=cpu",
+            "eval.bpb_max_tokens=64",
+            "eval.modes=[init]",
+            f"eval.core_dir={tmp_path / 'no_core'}",
+            "eval.icl_enabled=false",
+            "eval.samples_prompts=[]",
+            f"tracking.uri=sqlite:///{tmp_path / 'mlruns.db'}",
+            f"tracking.artifact_location={tmp_path / 'art'}",
+        ],
+        env={},
+    )
+    tracker = Tracker(settings.tracking, project_dir=tmp_path, system_metrics=False)
+    evaluate_variant(settings, "lrt", tracker=tracker)
+    client = tracker.client
+    [run] = [
+        r for r in client.search_runs([tracker.experiment_id]) if r.info.run_name == "eval/lrt"
+    ]
+    assert run.data.params["model.pathway"] == "shared"
+    assert run.data.params["strategy.name"] == "interleaved"
+    assert (
+        run.data.tags["lrt.pathway"] == "shared" and run.data.tags["lrt.strategy"] == "interleaved"
+    )
+    assert "val_bpb" in run.data.metrics
+    [logged] = client.search_logged_models([tracker.experiment_id])
+    assert logged.source_run_id == run.info.run_id
+    import mlflow.pyfunc
+
+    generator = mlflow.pyfunc.load_model(logged.model_uri)
+    [text] = generator.predict([{"prompt": "def ", "max_new_tokens": 4}])
+    from lrt.decode import generate
+
+    ids = [tok.bos_id, *tok.encode("def ")]
+    assert text == tok.decode(
+        generate(model.eval(), ids, 4, temperature=0.0)[0, len(ids) :].tolist()
+    )

@@ -159,3 +159,62 @@ def test_interrupted_stage_is_marked_killed(store: Path) -> None:
     with pytest.raises(KeyboardInterrupt), tracker.stage("train", variant="lrt"):
         raise KeyboardInterrupt
     assert _runs(tracker)["train/lrt"].info.status == "KILLED"
+
+
+def test_experiment_opens_on_runs(store: Path) -> None:
+    """MLflow 3's UI shows the GenAI traces view unless the experiment says otherwise: the tag
+    it reads is `mlflow.experimentKind`, "custom_model_development" being its "Machine learning"
+    kind (runs table). An experiment made before this tag existed gets it on first use."""
+    tracker = Tracker(_settings(store, "kind"), system_metrics=False)
+    exp = tracker.client.get_experiment(tracker.experiment_id)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    old_id = tracker.client.create_experiment("made-by-hand")
+    assert "mlflow.experimentKind" not in tracker.client.get_experiment(old_id).tags
+    Tracker(_settings(store, "made-by-hand")).experiment_id  # noqa: B018 - property with effect
+    assert tracker.client.get_experiment(old_id).tags["mlflow.experimentKind"] == (
+        "custom_model_development"
+    )
+
+
+def test_log_to_parent(store: Path) -> None:
+    tracker = Tracker(_settings(store, "to-parent"), system_metrics=False)
+    assert tracking.log_to_parent({"x": 1.0}) is None  # no active run: no-op
+    with tracker.pipeline("lrt-pipeline run") as parent:
+        with tracker.stage("report"):
+            got = tracking.log_to_parent(
+                {"lrt": {"delta_matched_compute": -0.02}}, {"variants": {"lrt": "shared"}}
+            )
+        with tracker.stage("report"):  # a second report under the same parent, another value
+            tracking.log_to_parent({"lrt": {"delta_matched_compute": -0.03}}, {"variants.lrt": "x"})
+    assert got == parent
+    top = tracker.client.get_run(parent)
+    assert top.data.metrics["lrt/delta_matched_compute"] == -0.03  # latest value
+    assert top.data.params == {"variants.lrt": "shared"}
+    assert top.data.tags["param.variants.lrt"] == "x"
+
+
+def test_describe_changes_and_parent_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+
+    for key in [k for k in os.environ if k.startswith("LRT_")]:
+        monkeypatch.delenv(key)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t.invalid"]
+    (tmp_path / "params.yaml").write_text("train:\n  max_steps: 100\n  seed: 1\n")
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([*git, "add", "params.yaml"], cwd=tmp_path, check=True)
+    subprocess.run([*git, "commit", "-qm", "p"], cwd=tmp_path, check=True)
+    assert tracking.describe_changes(tmp_path, []) == []
+    (tmp_path / "params.yaml").write_text("train:\n  max_steps: 300\n  seed: 1\n")  # dvc exp -S
+    monkeypatch.setenv("LRT_EVAL__CORE_MAX_ITEMS", "4")
+    argv = ["lrt-pipeline", "run", "--set", "model.depth=4", "--set=strategy.subsets=3"]
+    changes = tracking.describe_changes(tmp_path, argv)
+    assert changes == [
+        "train.max_steps=300",
+        "model.depth=4",
+        "strategy.subsets=3",
+        "eval.core_max_items=4",
+    ]
+    assert tracking._parent_name("dvc repro", changes[:1]) == "dvc repro [train.max_steps=300]"
+    assert tracking._parent_name("lrt-pipeline run", []) == "lrt-pipeline run"
+    long = tracking._parent_name("x", [f"k{i}=v" for i in range(100)])
+    assert len(long) < 130 and long.endswith("…]")

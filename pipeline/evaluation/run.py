@@ -335,15 +335,69 @@ def evaluate_variant(settings: Any, variant: str, *, tracker: Any = None) -> dic
             logger.log_metrics(_finite(metrics))
             for p in paths:
                 logger.log_artifact(p)
+            _log_model_params(logger, settings, variant, model)
+            if getattr(logger, "log_generator", None) is not None:
+                from pipeline.tokenizer import find_tokenizer
+
+                logger.log_generator(model_path, find_tokenizer(data_dir))
         return metrics
 
     if tracker is None:
         return run(None)
     from pipeline import tracking
 
-    if isinstance(tracker, tracking.Tracker):
-        if tracking.active_run_id() is None:
+    if isinstance(tracker, tracking.Tracker) or tracker is tracking:
+        logger = _MlflowLogger()
+        if isinstance(tracker, tracking.Tracker) and tracking.active_run_id() is None:
             with tracker.stage("eval", variant=variant):
-                return run(tracking)
-        return run(tracking)
+                return run(logger)
+        return run(logger)
     return run(tracker)
+
+
+class _MlflowLogger:
+    """What the eval stage logs to its MLflow run: metrics, artifacts, model and strategy params
+    (so runs group by pathway / strategy in the UI), and the model as a pyfunc generator."""
+
+    def log_metrics(self, metrics: Mapping[str, Any]) -> None:
+        from pipeline import tracking
+
+        tracking.log_metrics(metrics)
+
+    def log_artifact(self, path: Path) -> None:
+        from pipeline import tracking
+
+        tracking.log_artifact(path)
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        from pipeline import tracking
+
+        tracking.log_params(params)
+        tracking.set_tags({k: v for k, v in params.items() if k.startswith("lrt.")})
+
+    def log_generator(self, model_path: Path, tokenizer_path: Path | None) -> None:
+        from pipeline.mlflow_model import log_generator
+
+        if tokenizer_path is None:
+            return
+        try:
+            log_generator(model_path, tokenizer_path)
+        except Exception as exc:  # noqa: BLE001 - a logged model is a convenience, not a result
+            log.warning("could not log the model to MLflow: %s", exc)
+
+
+def _log_model_params(logger: Any, settings: Any, variant: str, model: Any) -> None:
+    """The variant's `model.*` / `strategy.*` settings as params, as the train run has them."""
+    if getattr(logger, "log_params", None) is None:
+        return
+    try:
+        from pipeline.settings import variant_settings
+
+        m, st = variant_settings(settings, variant)
+    except Exception:  # noqa: BLE001 - a run folder outside train.variants: no settings
+        return
+    params: dict[str, Any] = {f"model.{k}": v for k, v in m.model_dump(mode="json").items()}
+    params.update({f"strategy.{k}": v for k, v in st.model_dump(mode="json").items()})
+    params["lrt.pathway"] = m.pathway
+    params["lrt.strategy"] = st.name
+    logger.log_params(params)
