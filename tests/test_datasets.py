@@ -351,6 +351,11 @@ def test_hub_datasets_go_through_huggingface_hub_and_its_cache(
     _run(other)
     assert len(server.names("GET")) == gets
 
+    # a shard the hub does not have: one typed error naming the repo file and the endpoint
+    missing = _data(None, tmp_path, num_shards=3, hub_cache=str(cache), workers=1)
+    with pytest.raises(DownloadError, match=r"fineweb-edu-100b-shuffle:shard_00002\.parquet at"):
+        _run(missing)
+
 
 def test_progress_on_a_tty_is_one_bar() -> None:
     stream = io.StringIO()
