@@ -1,17 +1,26 @@
 """Parameter and FLOP accounting for LRT models and training strategies (see docs/ACCOUNTING.md).
 
-FLOPs follow nanochat's `estimate_flops`: a matmul weight costs 2 FLOPs per token forward and 4
-backward (6 for training); attention adds, per layer and query, 4*H*D FLOPs per key forward
-(QK^T and AV), times 3 for training; embeddings, norms, softmax and elementwise ops are free.
-On top, every strategy is counted as this implementation executes it (lrt/strategies.py,
-lrt/model.py):
+Run `python -m lrt.accounting` for the table in docs/ACCOUNTING.md (d12/d20/d24, vocab 32768).
 
-- a pass with a pathway always runs it, zero memory included: gates (L x C x H) and the memory
-  K/V projections (shared: 2 C x C once per pass; layerwise: 2 C x C per layer);
-- each query is charged the keys of the attention call it is in (nanochat's `12*H*Q*T`): a
-  plain pass over T positions T keys, a buffer pass (interleaved subset, chunk) T keys (the
-  buffer is T rows). `causal=True` instead charges only the keys a query may see (t+1), the
-  useful work; then every pass's attention costs the same as the baseline's;
+Parameters are counted analytically from an `LRTConfig` (`param_counts(cfg)`; the tests check
+it against instantiated models), or from a model's own tensors (`param_counts(model)`).
+
+FLOPs follow nanochat's `estimate_flops`: a matmul weight (every `nn.Linear`: attention, MLP,
+LM head with its padded rows, value-embedding / triple / pathway gates, memory K/V projections)
+costs 2 FLOPs per token forward and 4 backward (6 for training); embedding tables (token,
+value and init value embeddings), norms, softmax and elementwise ops are free. Attention adds,
+per layer and query, 4*H*D FLOPs per key forward (QK^T and AV; H query heads, so GQA does not
+change it), times 3 for training, where layer l is charged min(window_l, keys of the call)
+keys (nanochat's `12*H*Q*min(window, T)`; window_l = seq_len for "L", seq_len // 2 for "S").
+On top, every strategy is counted as this implementation executes it (lrt/strategies.py):
+
+- a pass with a pathway always runs it, zero memory included: our gates (L x C x Hkv) and
+  memory K/V projections (shared: 2 C x Ckv once per pass; layerwise/official: per layer), or
+  the official arm's triple gates (L x 3 Hkv x ve_gate_channels);
+- each query is charged the keys of the attention call it is in: a plain pass over T
+  positions T keys, a buffer pass (interleaved subset, chunk) T keys (the buffer is T rows),
+  each capped by the layer's window. `causal=True` instead charges only the keys a query may
+  see (min(t, window) + 1), the useful work;
 - the LM head runs on every supervised pass (every pass of every strategy here).
 
 Per token of training data (T positions per sequence), forward:
@@ -26,16 +35,17 @@ Training FLOPs = 3 x forward. "Effective compute" = training FLOPs x tokens.
 
 Example:
     >>> from lrt.config import LRTConfig, StrategyConfig
-    >>> cfg = LRTConfig(vocab_size=65536, depth=20, seq_len=2048, pathway="shared")
-    >>> base = LRTConfig(vocab_size=65536, depth=20, seq_len=2048)
+    >>> cfg = LRTConfig(vocab_size=32768, depth=20, seq_len=2048, pathway="shared")
+    >>> base = LRTConfig(vocab_size=32768, depth=20, seq_len=2048)
     >>> round(flops_per_token(cfg, StrategyConfig("interleaved")) / flops_per_token(base), 3)
-    2.012
+    2.014
 """
 
 from __future__ import annotations
 
+import argparse
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from lrt.config import LRTConfig, StrategyConfig
@@ -43,6 +53,7 @@ from lrt.config import LRTConfig, StrategyConfig
 __all__ = [
     "PEAK_FLOPS",
     "FlopBreakdown",
+    "accounting_table",
     "decode_flops_per_token",
     "effective_compute",
     "flop_breakdown",
@@ -63,66 +74,137 @@ PEAK_FLOPS: dict[str, float] = {
     "RTX 4090": 165e12,
 }
 
+# The partition of `total` that `param_counts` reports, in this order.
+PARTS = ("embedding", "value_embeds", "lm_head", "blocks", "lambdas", "pathway", "other")
+
 
 # ---------------------------------------------------------------------------------------------
 # Parameters
 
 
 def param_counts(model_or_cfg: Any) -> dict[str, float]:
-    """Parameter counts of an `LRT` model (or of the model an `LRTConfig` builds).
+    """Parameter counts of an `LRT` model, or (analytically) of the model an `LRTConfig` builds.
 
     Keys (ints unless noted):
-        total, embedding (wte), lm_head, blocks (all block parameters), pathway (all pathway
-        parameters, gamma included), other (anything else; 0 for lrt models) -- these five
-        partition `total`;
-        pathway_matrices (2-D pathway weights: memory K/V projections and gates),
-        scalars (every 0-/1-D parameter, e.g. gamma), non_embedding (total - embedding),
-        scaling_params: block matrices + lm_head + pathway matrices. This is nanochat's
-            definition (transformer matrices + lm_head, "cleanest scaling laws") extended as the
-            authors' fork does (it adds its feedback matrices); embeddings and scalars excluded;
-        pathway_frac_total (float): pathway / total of this model,
-        pathway_frac_non_embedding (float): pathway / non_embedding.
-
-    A config is built on the meta device (no memory), so this is exact for any size.
+        total; its partition by where a tensor lives: embedding (wte), value_embeds (the
+            backbone's value-embedding tables), lm_head, blocks (attention + MLP + the
+            value-embedding and official triple gates inside attention), lambdas
+            (resid_lambdas + x0_lambdas), pathway (everything under `model.pathway`: gamma,
+            our gates, memory/feedback K/V projections, the official init value embeddings),
+            other (anything else; 0 for lrt models);
+        tables: every embedding table (wte + value_embeds + init value embeddings);
+        matmul: every nn.Linear weight (nanochat's `num_matmul_params`; the head's padded rows
+            included);
+        pathway_matrices (2-D pathway weights other than tables: memory K/V projections and
+            our gates), scalars (every 0-/1-D parameter), non_embedding (total - tables),
+        scaling_params: block matrices + lm_head + pathway matrices: nanochat's
+            `transformer_matrices + lm_head` extended as the authors' fork does (it adds its
+            feedback matrices); tables and scalars excluded;
+        pathway_frac_total (float): pathway / total,
+        pathway_frac_non_embedding (float): (pathway - init value embeddings) / non_embedding.
 
     Example:
         >>> from lrt.config import LRTConfig
-        >>> c = param_counts(LRTConfig(vocab_size=65536, depth=20, seq_len=2048, pathway="shared"))
-        >>> c["pathway"], round(100 * c["pathway_frac_total"], 2)
-        (3532820, 0.63)
+        >>> c = param_counts(LRTConfig(vocab_size=32768, depth=12, seq_len=2048))
+        >>> c["total"], c["value_embeds"]
+        (286262424, 150994944)
     """
-    model = _as_model(model_or_cfg)
-    seen: set[int] = set()
-    counts = dict.fromkeys(
-        ("embedding", "lm_head", "blocks", "pathway", "other", "pathway_matrices", "scalars"), 0
+    if isinstance(model_or_cfg, LRTConfig):
+        return _analytic_counts(model_or_cfg)
+    return _model_counts(_as_model(model_or_cfg))
+
+
+def _finish(counts: dict[str, int]) -> dict[str, float]:
+    total = sum(counts[k] for k in PARTS)
+    out: dict[str, float] = {"total": total, **{k: counts[k] for k in PARTS}}
+    for k in ("tables", "matmul", "pathway_matrices", "scalars"):
+        out[k] = counts[k]
+    out["non_embedding"] = total - counts["tables"]
+    out["scaling_params"] = (
+        counts["block_matrices"] + counts["lm_head"] + counts["pathway_matrices"]
     )
-    block_matrices = 0
-    for name, p in model.named_parameters():
-        if id(p) in seen:
-            continue
-        seen.add(id(p))
+    out["pathway_frac_total"] = counts["pathway"] / total
+    pathway_non_table = counts["pathway"] - counts["pathway_tables"]
+    out["pathway_frac_non_embedding"] = pathway_non_table / out["non_embedding"]
+    return out
+
+
+def _analytic_counts(cfg: LRTConfig) -> dict[str, float]:
+    c, n, vp, ckv, hkv = cfg.n_embd, cfg.n_layer, cfg.padded_vocab_size, cfg.kv_dim, cfg.n_kv_head
+    g = cfg.gate_channels
+    official = cfg.pathway == "official"
+    attn_mlp = 2 * c * c + 2 * c * ckv + 2 * cfg.mlp_ratio * c * c  # q, proj; k, v; fc, proj
+    ve_layers = sum(cfg.has_ve(i) for i in range(n))
+    block_gates = ve_layers * g * hkv + (n * g * 3 * hkv if official else 0)
+    blocks = n * attn_mlp + block_gates
+    gamma = n if cfg.has_pathway and cfg.residual_injection else 0
+    kv = our_gates = 0
+    if cfg.has_pathway and cfg.kv_projection:
+        kv = (1 if cfg.pathway == "shared" else n) * 2 * c * ckv
+        our_gates = 0 if official else n * c * hkv
+    init_ve = n * vp * ckv if official else 0
+    lambdas = n * (int(cfg.use_resid_lambdas) + int(cfg.use_x0_residual))
+    counts = dict(
+        embedding=vp * c,
+        value_embeds=ve_layers * vp * ckv,
+        lm_head=vp * c,
+        blocks=blocks,
+        lambdas=lambdas,
+        pathway=gamma + kv + our_gates + init_ve,
+        other=0,
+        tables=vp * c + ve_layers * vp * ckv + init_ve,
+        pathway_tables=init_ve,
+        matmul=blocks + vp * c + kv + our_gates,
+        pathway_matrices=kv + our_gates,
+        scalars=lambdas + gamma,
+        block_matrices=blocks,
+    )
+    return _finish(counts)
+
+
+def _model_counts(model: Any) -> dict[str, float]:
+    import torch.nn as nn
+
+    linear_ids = {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear)}
+    table_ids = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    counts = dict.fromkeys(
+        (
+            *PARTS,
+            "tables",
+            "pathway_tables",
+            "matmul",
+            "pathway_matrices",
+            "scalars",
+            "block_matrices",
+        ),
+        0,
+    )
+    top_key = {
+        "wte": "embedding",
+        "value_embeds": "value_embeds",
+        "lm_head": "lm_head",
+        "blocks": "blocks",
+        "resid_lambdas": "lambdas",
+        "x0_lambdas": "lambdas",
+        "pathway": "pathway",
+    }
+    for name, p in model.named_parameters():  # shared parameters once
         n = p.numel()
-        top = name.split(".", 1)[0]
-        key = {
-            "wte": "embedding",
-            "lm_head": "lm_head",
-            "blocks": "blocks",
-            "pathway": "pathway",
-        }.get(top, "other")
+        key = top_key.get(name.split(".", 1)[0], "other")
         counts[key] += n
+        if id(p) in table_ids:
+            counts["tables"] += n
+            if key == "pathway":
+                counts["pathway_tables"] += n
+        if id(p) in linear_ids:
+            counts["matmul"] += n
         if p.ndim <= 1:
             counts["scalars"] += n
-        elif key == "pathway":
+        elif id(p) not in table_ids and key == "pathway":
             counts["pathway_matrices"] += n
-        elif key == "blocks":
-            block_matrices += n
-    total = sum(counts[k] for k in ("embedding", "lm_head", "blocks", "pathway", "other"))
-    counts["total"] = total
-    counts["non_embedding"] = total - counts["embedding"]
-    counts["scaling_params"] = block_matrices + counts["lm_head"] + counts["pathway_matrices"]
-    counts["pathway_frac_total"] = counts["pathway"] / total
-    counts["pathway_frac_non_embedding"] = counts["pathway"] / counts["non_embedding"]
-    return counts
+        elif id(p) not in table_ids and key == "blocks":
+            counts["block_matrices"] += n
+    return _finish(counts)
 
 
 def _as_model(model_or_cfg: Any):
@@ -156,8 +238,9 @@ class FlopBreakdown:
     """Forward FLOPs per training token of one strategy, by kind (training = 3 x `forward`).
 
     passes: pass-equivalents of matmul work (positions processed / T); backbone: block matrices
-    + LM head; pathway: gates + memory K/V projections; refresh: interleaved `refresh_kv`
-    re-projections; attention: QK^T + AV.
+    (value-embedding gates included) + LM head; pathway: our gates or the official triple
+    gates + memory K/V projections; refresh: interleaved `refresh_kv` re-projections;
+    attention: QK^T + AV.
     """
 
     passes: float
@@ -177,13 +260,13 @@ class FlopBreakdown:
 
 def _matmul_params(cfg: LRTConfig) -> tuple[int, int, int]:
     """(backbone, pathway-applied, memory-K/V-projection) weights one token multiplies per pass."""
-    c, h, n = cfg.n_embd, cfg.n_head, cfg.n_layer
-    backbone = n * (4 * c * c + 2 * cfg.mlp_ratio * c * c) + c * cfg.vocab_size
+    counts = _analytic_counts(cfg)
     kv = 0
-    pathway = 0
     if cfg.has_pathway and cfg.kv_projection:
-        kv = (1 if cfg.pathway == "shared" else n) * 2 * c * c  # shared: projected once per pass
-        pathway = kv + n * c * h  # + per-layer gates
+        kv = (1 if cfg.pathway == "shared" else cfg.n_layer) * 2 * cfg.n_embd * cfg.kv_dim
+    triple = cfg.n_layer * cfg.gate_channels * 3 * cfg.n_kv_head if cfg.pathway == "official" else 0
+    backbone = int(counts["matmul"]) - int(counts["pathway_matrices"]) - triple
+    pathway = int(counts["pathway_matrices"]) + triple
     return backbone, pathway, kv
 
 
@@ -193,6 +276,19 @@ def _as_strategy(strategy: StrategyConfig | str | None) -> StrategyConfig:
     if isinstance(strategy, str):
         return StrategyConfig(name=strategy)
     return strategy
+
+
+def _keys(window: int, n_keys: int) -> float:
+    """Keys charged per query of a call over `n_keys` keys (nanochat: min(window, keys))."""
+    return float(min(window, n_keys))
+
+
+def _causal_keys(window: int, t: int) -> float:
+    """Mean keys a query at positions 0..t-1 may see: min(p, window) + 1."""
+    if window >= t - 1:
+        return (t + 1) / 2
+    w = window
+    return (w * (w + 1) / 2 + (t - w) * (w + 1)) / t
 
 
 def flop_breakdown(
@@ -207,36 +303,38 @@ def flop_breakdown(
     Args:
         cfg: Model config (or an LRT model).
         strategy: StrategyConfig, a strategy name, or None (= "none").
-        seq_len: Sequence length T (default cfg.seq_len).
-        causal: Charge each query only the keys at or before it (useful work) instead of the
-            keys of its attention call (nanochat convention, the default).
+        seq_len: Sequence length T (default cfg.seq_len; the windows stay cfg's).
+        causal: Charge each query only the keys at or before it within its window (useful
+            work) instead of the keys of its attention call (nanochat convention, the default).
     """
     cfg = _config(cfg)
     st = _as_strategy(strategy)
     t = seq_len or cfg.seq_len
     backbone, pathway, kv = _matmul_params(cfg)
-    attn_per_key = 4 * cfg.n_layer * cfg.n_head * cfg.head_dim  # per query, per key, forward
-    causal_keys = (t + 1) / 2  # mean keys seen per query over positions 0..T-1
+    per_key = 4 * cfg.n_head * cfg.head_dim  # one layer, per query and key, forward
+    windows = cfg.window_sizes
+
+    def full(n_keys: int) -> float:  # summed over layers, one query of a call over n_keys keys
+        if causal:
+            return sum(_causal_keys(w, t) for w in windows) * per_key
+        return sum(_keys(w, n_keys) for w in windows) * per_key
 
     refresh = 0.0
     name = st.name
     if name == "none":
-        passes, keys = 1.0, (causal_keys if causal else t)
+        passes, attn = 1.0, full(t)
     elif name == "interleaved":
-        passes = 2.0
-        keys = 2 * (causal_keys if causal else t)
+        passes, attn = 2.0, 2 * full(t)
         if st.refresh_kv and kv:
-            n_subsets = min(st.subsets, t)  # empty subsets are skipped
-            refresh = n_subsets * 2.0 * kv
+            refresh = min(st.subsets, t) * 2.0 * kv  # empty subsets are skipped
     elif name == "multi_refine":
         passes = float(st.refine_steps + 1)
-        keys = passes * (causal_keys if causal else t)
+        attn = passes * full(t)
     elif name in ("chunked", "sequential"):
-        c = 1 if name == "sequential" else st.chunk_size
-        c0 = min(c, t)
+        c0 = min(1 if name == "sequential" else st.chunk_size, t)
         passes = 1.0
         # first chunk: a plain causal pass over c0 positions; later chunks attend to the T-row buffer
-        keys = causal_keys if causal else (c0 * c0 + (t - c0) * t) / t
+        attn = full(t) if causal else (c0 * full(c0) + (t - c0) * full(t)) / t
     else:
         raise ValueError(f"unknown strategy {name!r}")
     return FlopBreakdown(
@@ -244,7 +342,7 @@ def flop_breakdown(
         backbone=passes * 2.0 * backbone,
         pathway=passes * 2.0 * pathway,
         refresh=refresh,
-        attention=keys * attn_per_key,
+        attention=attn,
     )
 
 
@@ -258,12 +356,14 @@ def flops_per_token(
 ) -> float:
     """FLOPs per token of training data (forward + backward; forward only with training=False).
 
-    For the baseline with `strategy=None` this equals nanochat's
-    `6 * (matrices + lm_head) + 12 * L * H * D * T`.
+    For any model with `strategy=None` this is nanochat's `estimate_flops`:
+    `6 * (nn.Linear weights) + sum over layers of 12 * H * D * min(window_l, T)`.
 
     Example:
         >>> from lrt.config import LRTConfig
-        >>> cfg = LRTConfig(vocab_size=100, depth=1, seq_len=8, n_embd=8, n_head=1)
+        >>> cfg = LRTConfig(vocab_size=100, depth=1, seq_len=8, n_embd=8, n_head=1,
+        ...                 use_value_embeds=False, pad_vocab_size_to=1, window_pattern="L",
+        ...                 ve_gate_channels=0)
         >>> flops_per_token(cfg) == 6 * (12 * 8 * 8 + 8 * 100) + 12 * 1 * 1 * 8 * 8
         True
     """
@@ -275,14 +375,14 @@ def decode_flops_per_token(cfg: LRTConfig | Any, context: int | None = None) -> 
     """Forward FLOPs to decode one token with a KV cache holding `context` keys (incl. itself).
 
     One pass over one position: backbone + pathway matmuls (an LRT decodes with its memory, so
-    it pays the gates and memory K/V projections) + attention over `context` keys
-    (default cfg.seq_len, a token at full context; the mean over a whole window is
-    (seq_len + 1) / 2).
+    it pays the gates and memory K/V projections) + attention over min(context, window_l)
+    keys per layer (nanochat's `estimate_decode_flops`; default context cfg.seq_len).
     """
     cfg = _config(cfg)
     backbone, pathway, _ = _matmul_params(cfg)
     ctx = cfg.seq_len if context is None else context
-    return 2.0 * (backbone + pathway) + 4.0 * cfg.n_layer * cfg.n_head * cfg.head_dim * ctx
+    attn = sum(min(ctx, w) for w in cfg.window_sizes) * 4.0 * cfg.n_head * cfg.head_dim
+    return 2.0 * (backbone + pathway) + attn
 
 
 def effective_compute(
@@ -303,13 +403,71 @@ def matched_tokens(
 
     Example (interleaved S=2 at the paper's 20-layer size costs ~2x the baseline per token):
         >>> from lrt.config import LRTConfig
-        >>> base = LRTConfig(vocab_size=65536, depth=20, seq_len=2048)
-        >>> lrt = LRTConfig(vocab_size=65536, depth=20, seq_len=2048, pathway="shared")
+        >>> base = LRTConfig(vocab_size=32768, depth=20, seq_len=2048)
+        >>> lrt = LRTConfig(vocab_size=32768, depth=20, seq_len=2048, pathway="shared")
         >>> matched_tokens(base, lrt, "interleaved", 1_000_000)
-        2012141
+        2014111
     """
     compute = effective_compute(cfg_lrt, strategy, tokens_lrt, **kwargs)
     return int(round(compute / flops_per_token(cfg_base, None, **kwargs)))
+
+
+# ---------------------------------------------------------------------------------------------
+# The table in docs/ACCOUNTING.md
+
+VARIANTS = {
+    "baseline": dict(pathway="none"),
+    "baseline, ve_every_layer": dict(pathway="none", ve_every_layer=True),
+    "shared": dict(pathway="shared"),
+    "layerwise": dict(pathway="layerwise"),
+    "official (authors' arm)": dict(pathway="official"),
+}
+
+
+def accounting_table(
+    depths: tuple[int, ...] = (12, 20, 24), vocab_size: int = 32768, seq_len: int = 2048
+) -> str:
+    """Markdown table: per depth and variant, parameters, scaling parameters and training
+    FLOPs/token (one pass, and interleaved S=2 for the pathways), each with its overhead over
+    the baseline of that depth (nanochat's defaults otherwise: SSSL windows, value embeddings,
+    lambdas, vocab padded to 64)."""
+    rows = [
+        "| depth | variant | params | vs baseline | scaling params | vs baseline | "
+        "FLOPs/token, 1 pass | vs baseline | FLOPs/token, interleaved S=2 | vs baseline 1 pass |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for depth in depths:
+        base_cfg = LRTConfig(vocab_size=vocab_size, depth=depth, seq_len=seq_len)
+        base = param_counts(base_cfg)
+        base_f = flops_per_token(base_cfg)
+        for label, kw in VARIANTS.items():
+            cfg = replace(base_cfg, **kw)
+            c = param_counts(cfg)
+            f1 = flops_per_token(cfg)
+            inter = (
+                f"{flops_per_token(cfg, StrategyConfig('interleaved', subsets=2)) / 1e9:.3f} G | "
+                f"{flops_per_token(cfg, StrategyConfig('interleaved', subsets=2)) / base_f:.3f}x"
+                if cfg.has_pathway
+                else "- | -"
+            )
+            rows.append(
+                f"| d{depth} | {label} | {c['total'] / 1e6:,.1f}M | "
+                f"{100 * (c['total'] / base['total'] - 1):+.1f}% | "
+                f"{c['scaling_params'] / 1e6:,.1f}M | "
+                f"{100 * (c['scaling_params'] / base['scaling_params'] - 1):+.2f}% | "
+                f"{f1 / 1e9:.3f} G | {100 * (f1 / base_f - 1):+.2f}% | {inter} |"
+            )
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m lrt.accounting [--depths 12 20 24] [--vocab-size 32768] [--seq-len 2048]`."""
+    ap = argparse.ArgumentParser(prog="python -m lrt.accounting", description=main.__doc__)
+    ap.add_argument("--depths", type=int, nargs="+", default=[12, 20, 24])
+    ap.add_argument("--vocab-size", type=int, default=32768)
+    ap.add_argument("--seq-len", type=int, default=2048)
+    args = ap.parse_args(argv)
+    print(accounting_table(tuple(args.depths), args.vocab_size, args.seq_len))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -340,3 +498,7 @@ def mfu(flops_per_token: float, tokens_per_s: float, peak_flops: float) -> float
     if not math.isfinite(peak_flops) or peak_flops <= 0:
         return 0.0
     return flops_per_token * tokens_per_s / peak_flops
+
+
+if __name__ == "__main__":
+    main()
