@@ -10,6 +10,7 @@ identity (interleaved S = T == sequential) is also checked in float64 at 1e-10.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import lrt_reference
@@ -50,9 +51,37 @@ ALL_STRATEGIES = [
 # Exactness against sequential decoding
 
 
-@pytest.fixture(scope="module")
-def lrt_model():
-    return make_model("layerwise")
+# Every identity runs on each of these: all backbone features on (T = seq_len = 16, so the
+# "S" layers' window of 8 keys really cuts attention; value embeddings; resid/x0 lambdas), our
+# layerwise pathway, the authors' arm with GQA, and our shared pathway with GQA on one KV head.
+FEATURE_MODELS = {
+    "layerwise": {"pathway": "layerwise"},
+    "official_gqa": {"pathway": "official", "n_head": 4, "n_kv_head": 2},
+    "shared_gqa1_SL_ve_every": {
+        "pathway": "shared",
+        "n_head": 4,
+        "n_kv_head": 1,
+        "window_pattern": "SL",
+        "ve_every_layer": True,
+        "ve_gate_channels": 0,
+    },
+}
+
+
+@pytest.fixture(scope="module", params=sorted(FEATURE_MODELS))
+def lrt_model(request):
+    kw = dict(FEATURE_MODELS[request.param])
+    return make_model(kw.pop("pathway"), **kw)
+
+
+def test_feature_models_really_use_windows(lrt_model):
+    """The window cuts attention at T = 16 (else every identity above would hold vacuously
+    for windows): the same model with full windows gives other init logits."""
+    cfg = lrt_model.config
+    assert min(lrt_model.window_sizes) < T - 1
+    full = LRT(dataclasses.replace(cfg, window_pattern="L"))
+    full.load_state_dict(lrt_model.state_dict())
+    assert differs(full.logits(tokens(), "init"), lrt_model.logits(tokens(), "init"))
 
 
 @pytest.fixture(scope="module")
@@ -169,15 +198,17 @@ def _copy_backbone(src: LRT, dst: LRT) -> None:
     assert not unexpected and all(k.startswith("pathway") for k in missing)
 
 
+@pytest.mark.parametrize("dims", [{}, {"n_head": 4, "n_kv_head": 2}], ids=["mha", "gqa"])
 @pytest.mark.parametrize(
     "kw",
     [{"identity_init": True}, {"residual_injection": False, "kv_projection": False}],
     ids=["identity_init", "switches_off"],
 )
-def test_pathway_off_equals_baseline_everywhere(kw):
-    base = make_model("none")
+def test_pathway_off_equals_baseline_everywhere(kw, dims):
+    base = make_model("none", **dims)
+    dims = {"n_head": 2, **dims}
     lrt = LRT(
-        LRTConfig(vocab_size=V, seq_len=T, depth=3, n_embd=64, n_head=2, pathway="layerwise", **kw)
+        LRTConfig(vocab_size=V, seq_len=T, depth=3, n_embd=64, pathway="layerwise", **dims, **kw)
     )
     lrt.init_weights()  # identity_init: gamma = Wk_m = Wv_m = 0; gates (= 1) stay at init
     _copy_backbone(base, lrt)
@@ -197,7 +228,7 @@ def test_pathway_off_equals_baseline_everywhere(kw):
         torch.testing.assert_close(base.logits(idx, mode), ref, **TOL)
     torch.testing.assert_close(sequential_forward(lrt, idx), ref, **TOL)
     # the same LRT with its pathway switched on is different (the test can fail)
-    on = make_model("layerwise")
+    on = make_model("layerwise", **dims)
     _copy_backbone(base, on)
     assert differs(on.logits(idx, "merged"), ref)
 
@@ -251,11 +282,13 @@ def test_decode_no_position_sees_a_later_token(lrt_model):
 # Gradients through the buffer
 
 
-def test_gradients_reach_init_pass_through_buffer():
+@pytest.mark.parametrize("name", sorted(FEATURE_MODELS))
+def test_gradients_reach_init_pass_through_buffer(name):
     """Train only on subset pass 0 (even positions). Odd-position tokens enter that pass only
     through the init pass's buffer rows and source states; their embedding rows get a gradient
     exactly when the buffer is not detached."""
-    model = make_model("layerwise")
+    kw = dict(FEATURE_MODELS[name])
+    model = make_model(kw.pop("pathway"), **kw)
     idx = tokens()
     idx[:, 0::2] = idx[:, 0::2] % 40  # even positions: tokens < 40
     idx[:, 1::2] = 50 + idx[:, 1::2] % 40  # odd positions: tokens >= 50
