@@ -69,8 +69,9 @@ def _rope(x, pos):  # x: (B, T, H, D); nanochat: y1 = x1 cos + x2 sin, y2 = -x1 
     return torch.cat([x1 * cos + x2 * sin, -x1 * sin + x2 * cos], -1)
 
 
-def nanochat_forward(sd: dict, cfg: dict, idx: torch.Tensor) -> torch.Tensor:
-    """GPT.forward(idx) (fork LRT: h_final_prev = zeros) as equations; logits (B, T, V)."""
+def nanochat_forward(sd: dict, cfg: dict, idx: torch.Tensor, h_prev=None, return_hidden=False):
+    """GPT.forward(idx, h_final_prev=h_prev) as equations (fork LRT: h_prev None = zeros);
+    logits (B, T, V) (and the normed final states with return_hidden)."""
     c = {
         "window_pattern": "SSSL",
         "use_value_embeds": True,
@@ -99,7 +100,8 @@ def nanochat_forward(sd: dict, cfg: dict, idx: torch.Tensor) -> torch.Tensor:
             x = sd["resid_lambdas"][i] * x
         if c["use_x0_residual"]:
             x = x + sd["x0_lambdas"][i] * x0
-        # zero feedback: gamma * 0 adds nothing
+        if h_prev is not None:
+            x = x + sd["interleaved_lambdas"][i] * h_prev
         xn = _rms(x)
         q = (xn @ sd[p + "c_q.weight"].T).view(b, t, h, d)
         k = (xn @ sd[p + "c_k.weight"].T).view(b, t, hkv, d)
@@ -109,7 +111,13 @@ def nanochat_forward(sd: dict, cfg: dict, idx: torch.Tensor) -> torch.Tensor:
             gl, gv = g[..., :hkv, None], g[..., 2 * hkv :, None]
             ve = sd[f"interleaved_init_value_embeds.{i}.weight"][idx].view(b, t, hkv, d)
             v = gl * v + gv * ve
-            k = gl * k  # + g_fb * Wk_m 0
+            k = gl * k
+            if h_prev is not None:
+                gf = g[..., hkv : 2 * hkv, None]
+                k_fb = h_prev @ sd[f"interleaved_key_projections.{i}.W_v.weight"].T
+                v_fb = h_prev @ sd[f"interleaved_projections.{i}.W_v.weight"].T
+                k = k + gf * k_fb.view(b, t, hkv, d)
+                v = v + gf * v_fb.view(b, t, hkv, d)
         elif f"value_embeds.{i}.weight" in sd:
             g = 2 * torch.sigmoid(xn[..., :gch] @ sd[p + "ve_gate.weight"].T)
             v = v + g[..., None] * sd[f"value_embeds.{i}.weight"][idx].view(b, t, hkv, d)
@@ -123,8 +131,10 @@ def nanochat_forward(sd: dict, cfg: dict, idx: torch.Tensor) -> torch.Tensor:
         x = x + y @ sd[p + "c_proj.weight"].T
         m = f"transformer.h.{i}.mlp."
         x = x + F.relu(_rms(x) @ sd[m + "c_fc.weight"].T).square() @ sd[m + "c_proj.weight"].T
-    logits = (_rms(x) @ sd["lm_head.weight"].T)[..., : c["vocab_size"]]
-    return 15 * torch.tanh(logits / 15)
+    h_final = _rms(x)
+    logits = (h_final @ sd["lm_head.weight"].T)[..., : c["vocab_size"]]
+    logits = 15 * torch.tanh(logits / 15)
+    return (logits, h_final) if return_hidden else logits
 
 
 CONFIGS = {
@@ -153,6 +163,23 @@ def test_init_logits_equal_functional_nanochat_forward(name):
     key = "transformer.h.0.attn." + ("triple_gate" if cfg.get("use_interleaved") else "c_v")
     sd2[key + ".weight"] = sd[key + ".weight"] * 1.5
     assert (nanochat_forward(sd2, cfg, idx) - want).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("name", ["official", "official_gqa1_SL"])
+def test_feedback_pass_equals_functional_nanochat_forward(name):
+    """One Jacobi refinement (multi_refine K=1) == GPT.forward(idx, h_final_prev=shifted h_final
+    of the zero-feedback pass): gamma, both feedback projections and the fb gate mapped right."""
+    cfg = CONFIGS[name]
+    sd = random_state(cfg, seed=2)
+    model = from_nanochat(sd, cfg)
+    idx = torch.randint(0, cfg["vocab_size"], (2, 16), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        _, h0 = nanochat_forward(sd, cfg, idx, return_hidden=True)
+        h_prev = torch.cat([torch.zeros_like(h0[:, :1]), h0[:, :-1]], 1)
+        want = nanochat_forward(sd, cfg, idx, h_prev)
+    got = model.logits(idx, "refine", StrategyConfig(name="multi_refine", refine_steps=1))
+    torch.testing.assert_close(got, want, **TOL)
+    assert (want - model.logits(idx, "init")).abs().max() > 1e-3  # the feedback matters
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
