@@ -423,30 +423,36 @@ def _loss(model, idx, targets, strategy="none"):
     return model.forward_train(idx, targets, StrategyConfig(name=strategy)).loss
 
 
-@pytest.mark.parametrize("pathway", ["none", "shared", "layerwise"])
+@pytest.mark.parametrize("pathway", ["none", "shared", "layerwise", "official"])
 def test_groups_cover_every_parameter_once(pathway):
-    model = tiny_model(pathway)
+    model = tiny_model(pathway, depth=3)
     groups = param_groups(model)
     ids = [id(p) for items in groups.values() for _, p in items]
     assert len(ids) == len(set(ids)) == len(list(model.parameters()))
     names = {k: [n for n, _ in v] for k, v in groups.items()}
     assert names["embedding"] == ["wte.weight"]
     assert names["lm_head"] == ["lm_head.weight"]
-    block_mats = [n for n, p in model.named_parameters() if n.startswith("blocks.") and p.ndim == 2]
-    assert set(block_mats) <= set(names["matrix"])
-    for n, p in model.named_parameters():
-        if n.startswith("pathway.") and p.ndim == 2:
-            assert n in names["matrix"], n
-        if n.endswith("gamma"):
-            assert n in names["scalar"], n
+    assert names["resid_lambdas"] == ["resid_lambdas"] and names["x0_lambdas"] == ["x0_lambdas"]
+    tables = [n for n, m in model.named_modules() if isinstance(m, nn.Embedding) and n != "wte"]
+    assert names["value_embeds"] == [f"{n}.weight" for n in tables]
+    if pathway == "official":  # init value embeddings on every layer replace value embeddings
+        assert tables == [f"pathway.init_value_embeds.{i}" for i in range(3)]
+    else:  # alternating, last included
+        assert tables == ["value_embeds.0", "value_embeds.2"]
+    gates = [n for n in names["matrix"] if "gate" in n]
+    assert gates and all(p.ndim == 2 for n, p in model.named_parameters() if n in gates)
+    assert names["scalar"] == ([] if pathway == "none" else ["pathway.gamma"])
+    rest = {n for n, p in model.named_parameters() if p.ndim == 2} - set(names["matrix"])
+    assert rest == {"wte.weight", "lm_head.weight", *(f"{n}.weight" for n in tables)}
 
     opt = build_optimizer(torch.compile(model))  # wrappers are looked through
     in_opt = [id(p) for g in opt.param_groups for p in g["params"]]
     assert sorted(in_opt) == sorted(id(p) for p in model.parameters())
     lrs = {g["name"]: g["lr"] for g in opt.param_groups}
     assert lrs["embedding"] == pytest.approx(0.2 * (64 / 768) ** -0.5)
+    assert lrs["value_embeds"] == pytest.approx(0.2 * (64 / 768) ** -0.5)
     assert lrs["lm_head"] == pytest.approx(0.004 * (64 / 768) ** -0.5)
-    assert lrs["matrix"] == 0.02
+    assert lrs["matrix"] == 0.02 and lrs["resid_lambdas"] == pytest.approx(0.005)
 
 
 def _batch(seed: int, vocab: int = 61, b: int = 2, t: int = 16):
@@ -456,6 +462,7 @@ def _batch(seed: int, vocab: int = 61, b: int = 2, t: int = 16):
 
 
 def _train_steps(model, opt, steps, start=0, strategy="interleaved"):
+    """Steps with the recipe's schedule (lr, momentum and weight decay all changing)."""
     recipe = OptimizerRecipe(momentum_warmup_steps=5)
     for s in range(start, start + steps):
         opt.set_schedule(*recipe.schedule(s, 10))
