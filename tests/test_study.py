@@ -175,13 +175,17 @@ def test_quick_study_outputs_resume_and_mlflow(tmp_path):
 
     from mlflow import MlflowClient
 
-    runs = MlflowClient(f"sqlite:///{tmp_path}/mlruns.db").search_experiments()
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns.db")
-    all_runs = client.search_runs([e.experiment_id for e in runs], max_results=500)
-    children = [r for r in all_runs if "mlflow.parentRunId" in r.data.tags]
-    n_cells = 8 * 2 + 6 * 2  # every cell of each study is a child of that study's parent
-    assert len(children) == n_cells + 2  # + one summary child per study
-    assert all("val_bpb" in r.data.metrics for r in children if "summary" not in r.info.run_name)
+    exps = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(exps, max_results=1000, order_by=["attributes.start_time ASC"])
+    parents = {
+        r.info.run_name: r.info.run_id for r in runs if "mlflow.parentRunId" not in r.data.tags
+    }
+    for kind, n_cells in (("equivalence", 8 * 2), ("attribution", 6 * 2)):
+        last = parents[f"lrt-pipeline study {kind}"]  # the final round's parent (latest start)
+        kids = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == last]
+        assert len(kids) == n_cells + 1  # every cell of the study + one summary child
+        assert all("val_bpb" in r.data.metrics for r in kids if "summary" not in r.info.run_name)
 
     # resume: a second run trains nothing and reproduces the results
     res2 = CliRunner().invoke(study, [*args[:-2], "--no-tracking"])

@@ -86,15 +86,21 @@ def _run(kinds, quick, data, core, out, seeds, steps, arms, device, threads, tra
     def say(msg: str) -> None:
         click.echo(f"[{time.perf_counter() - t0:7.1f}s] {msg}", err=True)
 
-    for kind in kinds:
-        try:
-            path = run_study(
-                kind, scale, root=out, text_dir=text_dir, core_dir=core, device=device,
-                tracker=tracker, only=only, say=say, command=command,
-            )  # fmt: skip
-        except ValueError as exc:
-            raise click.ClickException(str(exc)) from None
-        click.echo(str(path / f"{kind}.md"))
+    # Several studies run seed by seed, alternating, so a run stopped early leaves every study
+    # with complete seeds; the outputs are rewritten after each round from all cells so far.
+    n_seeds = scale.seeds
+    rounds = [n_seeds] if len(kinds) == 1 else list(range(1, n_seeds + 1))
+    for r in rounds:
+        for kind in kinds:
+            try:
+                path = run_study(
+                    kind, scale, root=out, text_dir=text_dir, core_dir=core, device=device,
+                    tracker=tracker, only=only, say=say, command=command,
+                    seeds=list(range(r)), log_cached=r == rounds[-1],
+                )  # fmt: skip
+            except ValueError as exc:
+                raise click.ClickException(str(exc)) from None
+            click.echo(str(path / f"{kind}.md"))
 
 
 @study.command()
@@ -116,5 +122,6 @@ def attribution(**kw) -> None:
 @study.command(name="all")
 @_options
 def all_(**kw) -> None:
-    """Both studies in one process (they share the baseline and interleaved S=2 cells)."""
+    """Both studies in one process, seed by seed (they share the baseline and interleaved S=2
+    cells); outputs are rewritten after each seed."""
     _run(list(STUDIES), **kw)

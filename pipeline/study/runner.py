@@ -141,8 +141,10 @@ def run_cells(
     *,
     tracker: Any = None,
     only: Sequence[str] | None = None,
+    log_cached: bool = True,
 ) -> tuple[list[Arm], dict[str, str], dict[str, dict[int, dict[str, Any]]]]:
-    """Run (or load) every available cell; returns (arms, unavailable reasons, records)."""
+    """Run (or load) every available cell; returns (arms, unavailable reasons, records).
+    `log_cached`: also log cells loaded from disk to MLflow (tagged `lrt.study.cached`)."""
     base = ctx.scale.base_model(ctx.data.tokenizer.vocab_size)
     arms = study_arms(kind, ctx.scale)
     if only:
@@ -183,7 +185,8 @@ def run_cells(
                     f"train {sec['train']:.0f}s measure {sec['measure']:.0f}s eval {sec['eval']:.0f}s"
                 )
             records[arm.name][seed] = rec
-            _log_cell(tracker, kind, arm, seed, rec, cached)
+            if log_cached or not cached:
+                _log_cell(tracker, kind, arm, seed, rec, cached)
     return arms, unavailable, records
 
 
@@ -363,6 +366,7 @@ def run_study(
     only: Sequence[str] | None = None,
     say: Callable[[str], None] = print,
     command: str | None = None,
+    log_cached: bool = True,
 ) -> Path:
     """Run the study `kind` ("equivalence" or "attribution") and write its outputs.
 
@@ -388,7 +392,9 @@ def run_study(
     with contextlib.ExitStack() as stack:
         if tracker is not None:
             stack.enter_context(tracker.pipeline(f"lrt-pipeline study {kind}"))
-        arms, unavailable, records = run_cells(kind, ctx, root, seeds, tracker=tracker, only=only)
+        arms, unavailable, records = run_cells(
+            kind, ctx, root, seeds, tracker=tracker, only=only, log_cached=log_cached
+        )
         result = aggregate(kind, arms, unavailable, records, seeds, scale)
         result["meta"] = {
             "command": command or " ".join(sys.argv),
