@@ -47,15 +47,23 @@ def study() -> None:
 
 
 def _run(kinds, quick, data, core, out, seeds, steps, arms, device, threads, tracking, config):
-    import dataclasses
-
     import torch
+
+    prev_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        _run_kinds(kinds, quick, data, core, out, seeds, steps, arms, device, tracking, config)
+    finally:
+        torch.set_num_threads(prev_threads)
+
+
+def _run_kinds(kinds, quick, data, core, out, seeds, steps, arms, device, tracking, config):
+    import dataclasses
 
     from pipeline.study.cell import FULL, QUICK
     from pipeline.study.data import DEFAULT_DATA, text_files
     from pipeline.study.runner import run_study
 
-    torch.set_num_threads(threads)
     scale = QUICK if quick else FULL
     if steps is not None:
         scale = dataclasses.replace(scale, steps=steps)
