@@ -54,7 +54,8 @@ class ShardResult:
     origin: str  # present | reused | hub | fetched
 
     def entry(self) -> dict[str, Any]:
-        """The raw-manifest entry (`pipeline.sources` format plus `shard` and `origin`)."""
+        """The raw-manifest entry (`pipeline.sources` format plus `shard`). `origin` stays out:
+        the manifest must not change when a re-run finds the same shards."""
         return {
             "name": self.path.name,
             "bytes": self.bytes,
@@ -62,7 +63,6 @@ class ShardResult:
             "documents": self.documents,
             "split": self.split,
             "shard": self.index,
-            "origin": self.origin,
         }
 
 

@@ -47,6 +47,7 @@ class DatasetDownload:
     plan: ShardPlan
     entries: list[dict[str, Any]]
     manifest_extra: dict[str, Any]
+    origins: list[str]  # per entry: present | reused | hub | fetched
 
 
 def _opt(data: Any, name: str, default: Any) -> Any:
@@ -210,7 +211,9 @@ def download_dataset(
         "part": None if shard_plan.part is None else list(shard_plan.part),
         "auto": shard_plan.auto,
     }
-    return DatasetDownload(spec, shard_plan, [r.entry() for r in results], extra)
+    return DatasetDownload(
+        spec, shard_plan, [r.entry() for r in results], extra, [r.origin for r in results]
+    )
 
 
 def _check_space(
