@@ -217,6 +217,17 @@ def test_auto_measures_bytes_per_token_with_an_existing_tokenizer(tmp_path: Path
     assert p.auto["tokens"] == 40960
     assert len(p.train) == math.ceil(40960 * measured / 250e6)
 
+    # the tokenizer a previous tokenize left in tokenizer.out_dir counts only while it matches
+    # tokenizer.vocab_size (otherwise tokenize will train a new one): then the default applies
+    out = tmp_path / "tokens"
+    out.mkdir()
+    tok.save(out / "tokenizer.bpe")
+    budget = ["train.max_steps=10", "train.total_batch_tokens=4096", f"tokenizer.out_dir={out}"]
+    for vocab, expected in ((tok.vocab_size, measured), (512, 4.5)):
+        s = load_settings(None, [*budget, f"tokenizer.vocab_size={vocab}"])
+        _, p = plan_from_settings(data, settings=s, local_dirs=[raw])
+        assert p.auto["bytes_per_token"] == pytest.approx(expected)
+
 
 # ---------------------------------------------------------------------------------------------
 # Download

@@ -254,7 +254,7 @@ class _Job:
         url = self.spec.url(index)
         part = tmp.with_name(tmp.name + ".part")
         start = part.stat().st_size if part.exists() else 0
-        self.progress.start_shard(index, poll=lambda: _size(part, tmp) - start)
+        self.progress.start_shard(index, poll=lambda: max(_size(part, tmp) - start, 0))
         for attempt in (1, 2):
             sources.fetch(
                 url,

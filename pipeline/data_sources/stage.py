@@ -83,6 +83,9 @@ def plan_from_settings(
         from pipeline.tokenizer import Tokenizer
 
         vocab = Tokenizer.load(tokenizer).vocab_size
+        if not settings.tokenizer.pretrained and vocab != settings.tokenizer.vocab_size:
+            tokenizer, vocab = None, None  # stale: tokenize will train a new one
+    if tokenizer is not None:
         sample = _local_shard(spec, local_dirs)
         if sample is not None:
             bpt = measure_bytes_per_token(tokenizer, [sample], text_column=spec.text_column)
