@@ -349,6 +349,24 @@ def headline_deltas(runs: Sequence[RunData]) -> dict[str, float]:
     return out
 
 
+HEADLINE_FILE = "headline.json"
+"""The report stage's DVC metrics: each variant's exact-decoding BPB and each LRT's deltas vs
+baseline, short unique names for `dvc exp show` (e.g. `lrt.delta_matched_compute`)."""
+
+
+def headline_metrics(runs: Sequence[RunData]) -> dict[str, dict[str, float]]:
+    """`{variant: {"bpb": x}}` for every evaluated variant, plus `delta_equal_tokens` and
+    `delta_matched_compute` for LRT variants where a baseline matches (see `headline_deltas`)."""
+    out: dict[str, dict[str, float]] = {}
+    for r in runs:
+        if r.eval_bpb() is not None:
+            out[r.name] = {"bpb": r.eval_bpb()}
+    for key, value in headline_deltas(runs).items():
+        name, _, metric = key.rpartition("/")
+        out.setdefault(name, {})[metric] = value
+    return out
+
+
 def summary_table(
     metrics: Mapping[str, Mapping[str, Any] | None], *, baseline: str | None = None
 ) -> str:
@@ -556,6 +574,48 @@ def plot_bucket_diff(runs: Sequence[RunData], base: RunData) -> bytes | None:
         title=f"Per-position BPB, difference from {base.name} (below 0: better)",
     )
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return _png(fig)
+
+
+DVC_FIGURES = ("val_bpb_vs_tokens", "val_bpb_vs_compute", "loss_vs_compute", "bpb_buckets")
+"""Figures dvc.yaml declares as image plots of the report stage (`dvc plots show` renders them
+with no script at all, so offline)."""
+CURVE_FILES = {
+    "val_curves.csv": ("val", "val_bpb"),
+    "loss_curves.csv": ("log", "loss"),
+}
+"""Long-format curves of every variant (`variant` column), for dvc.yaml's vega-lite overlay
+plots (template `plot_templates/variants.json`)."""
+
+
+def write_curves(runs: Sequence[RunData], out_dir: str | Path) -> list[Path]:
+    """Write `val_curves.csv` (variant, step, tokens, effective_flops, val_bpb) and
+    `loss_curves.csv` (the same with the training loss) into `out_dir`; a header only when no
+    run has that curve. Returns the paths."""
+    out_dir = Path(out_dir)
+    paths = []
+    for fname, (table, y) in CURVE_FILES.items():
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["variant", "step", "tokens", "effective_flops", y])
+        for r in runs:
+            t = getattr(r, table)
+            if not t or y not in t or "tokens" not in t:
+                continue
+            for i in range(len(t[y])):
+                row = [t.get(k, np.full(len(t[y]), np.nan))[i] for k in ("step", "tokens",
+                       "effective_flops")] + [t[y][i]]  # fmt: skip
+                if all(np.isfinite(v) for v in row):
+                    w.writerow([r.name, int(row[0]), int(row[1]), f"{row[2]:.6g}", f"{row[3]:.6g}"])
+        paths.append(atomic_write_text(out_dir / fname, buf.getvalue()))
+    return paths
+
+
+def _placeholder_png(name: str) -> bytes:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.0, 1.2))
+    ax.axis("off")
+    ax.text(0.5, 0.5, f"{name.replace('_', ' ')}: {NA}", ha="center", va="center", color="#777")
     return _png(fig)
 
 
@@ -1126,13 +1186,20 @@ def render_report(
     sections = build_sections(
         runs, tokens_stats=stats, sweep=read_sweep(Path(sweep) if sweep else None)
     )
+    write_curves(runs, out_dir)
+    atomic_write_text(out_dir / HEADLINE_FILE, json.dumps(headline_metrics(runs), indent=2) + "\n")
     now = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     meta = f"Generated {now} from {Path(runs_dir)} ({len(runs)} run{'s' * (len(runs) != 1)})"
     fig_dir = out_dir / "figures"
+    written = set()
     for sec in sections:
         for name, png in sec.images:
             if png is not None:
                 atomic_write_bytes(fig_dir / f"{name}.png", png)
+                written.add(name)
+    for name in DVC_FIGURES:  # declared DVC plots must exist even with nothing to draw
+        if name not in written:
+            atomic_write_bytes(fig_dir / f"{name}.png", _placeholder_png(name))
     atomic_write_text(out_dir / "report.md", render_markdown(sections, title, meta, "figures"))
     return atomic_write_text(out_dir / "report.html", render_html(sections, title, meta))
 

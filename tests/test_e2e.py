@@ -1,7 +1,9 @@
 """End to end: `dvc repro` of the whole pipeline on a copy of the project with a tiny preset.
 
-Checks every stage's outputs, finite metrics, the MLflow parent/child runs, and that a second
-`dvc repro` runs nothing. Takes a few minutes on two CPU cores (most of it process start-up).
+Checks every stage's outputs, finite metrics, CORE from an eval bundle downloaded from a local
+HTTP server (tests/bundle_fixture.py), what `dvc metrics/plots/exp show` print, the MLflow
+parent/child runs, and that a second `dvc repro` runs nothing. Takes a few minutes on two CPU
+cores (most of it process start-up).
 """
 
 from __future__ import annotations
@@ -12,15 +14,24 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
+from bundle_fixture import BundleServer, make_bundle
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 
 pytestmark = pytest.mark.slow
+
+# The docs/EVALUATION.md recipe for `dvc exp show` at 120 columns: with --only-changed, drop the
+# dependency columns and the per-variant metrics; the report's headline.json (exact-decoding BPB
+# per variant, the LRT's deltas vs baseline) and the params that changed remain.
+EXP_SHOW_DROP = (
+    r"Created|runs|data/|pipeline/|stages/|rust_loader/|lrt$|Cargo|bpb|core|icl_|val_|step$"
+)
 
 # Small enough for two CPU cores; large enough that every code path runs.
 TINY = {
@@ -39,6 +50,7 @@ TINY = {
     "eval": {
         "bpb_max_tokens": 1024,
         "sequential_max_tokens": 128,
+        "core_dir": "data/eval_bundle",  # the eval_bundle stage's output
         "core_max_items": 2,
         "icl_max_items": 2,
         "samples_prompts": ["def "],
@@ -54,6 +66,7 @@ STAGE_RUNS = {
     "eval/lrt",
     "report",
 }
+HEADLINE = {"step", "val_bpb", "val_loss", "bpb", "bpb_gap", "core", "icl_gain", "icl_acc"}
 
 
 def _project_files() -> list[str]:
@@ -120,16 +133,22 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for ext in extensions:
         shutil.copy2(ext, root / "pipeline" / ext.name)
     params = _merge(yaml.safe_load((root / "params.yaml").read_text()), TINY)
-    core = REPO.parent / "shared" / "data" / "core"
-    params["eval"]["core_dir"] = str(core)  # the copy sits elsewhere; missing -> skipped
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return root
 
 
 @pytest.fixture(scope="module")
-def env() -> dict[str, str]:
+def bundle_url() -> Iterator[str]:
+    server = BundleServer(make_bundle())
+    yield f"{server.url}/eval_bundle.zip"
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def env(bundle_url: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LRT_", "DVC_"))}
     env.update(
+        LRT_EVAL_BUNDLE_URL=bundle_url,  # the eval_bundle stage's source (eval.bundle_url)
         PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
         OMP_NUM_THREADS="1",
         DVC_NO_ANALYTICS="1",
@@ -168,14 +187,48 @@ def test_dvc_repro_end_to_end(project: Path, env: dict[str, str]) -> None:
             assert (run / name).is_file(), f"{run / name} missing"
         metrics = json.loads((run / "metrics.json").read_text())
         assert math.isfinite(metrics["val_bpb"]) and 0 < metrics["val_bpb"] < 20, metrics
+        assert set(metrics) <= HEADLINE, set(metrics) - HEADLINE  # detail is in eval_details
+        assert math.isfinite(metrics["icl_gain"]["sequential"])  # was null before
+        # CORE from the bundle the eval_bundle stage fetched from the local server
+        assert math.isfinite(metrics["core"]["init"]), metrics
+        details = json.loads((run / "eval_details.json").read_text())
+        assert details["core_status"]["available"] and details["core_status"]["tasks"] == 2
+        assert set(details["core_tasks"]["init"]) == {"tiny_mc", "tiny_lm"}
         train_metrics = json.loads((run / "train_metrics.json").read_text())
         assert train_metrics["step"] == 6
+    bundle = json.loads((project / "data/eval_bundle/status.json").read_text())
+    assert bundle["available"] and bundle["tasks"] == 2
     assert (project / "reports/report.md").is_file() and (project / "reports/report.html").is_file()
+    report = (project / "reports/report.md").read_text()
+    assert "CORE: 2 tasks from " in report and "eval_bundle" in report
     assert (project / "dvc.lock").is_file()
 
-    # DVC sees the metrics.
+    # DVC sees the headline metrics only (the bucket detail made this 47 columns wide).
     shown = json.loads(_dvc(project, "metrics", "show", "--json", env=env).stdout)
     assert "runs/lrt/metrics.json" in json.dumps(shown)
+    table = _dvc(project, "metrics", "show", env=env).stdout
+    header = table.splitlines()[0].split()
+    assert len(header) <= 24 and not any("bucket" in h for h in header), header
+
+    # Plots: the overlays are PNG image plots; their HTML page loads no script (works offline).
+    figures = [f"reports/figures/{n}.png" for n in ("val_bpb_vs_tokens", "val_bpb_vs_compute")]
+    _dvc(project, "plots", "show", *figures, "-o", "plots_offline", env=env)
+    page = (project / "plots_offline" / "index.html").read_text()
+    assert "<img" in page and "<script" not in page
+    # the vega-lite overlay: one spec over every variant's rows, from the repo's template
+    specs = json.loads(_dvc(project, "plots", "show", "--json", env=env).stdout)["data"]
+    vega = specs["val_bpb_vs_tokens"][0]
+    values = vega["content"]["data"]["values"]
+    assert {v["variant"] for v in values} == {"baseline", "lrt"}
+    assert vega["content"]["encoding"]["color"]["field"] == "variant"
+
+    # `dvc exp show` fits 120 columns with the recipe in docs/EVALUATION.md.
+    recipe = ["exp", "show", "--no-pager", "--only-changed", "--drop", EXP_SHOW_DROP]
+    shown = _dvc(project, *recipe, env={**env, "COLUMNS": "120"}).stdout
+    width = max(len(line) for line in shown.splitlines())
+    assert width <= 120 and "lrt.delta_equal_tokens" in shown and "…" not in shown, shown
+    headline = json.loads((project / "reports/headline.json").read_text())
+    assert set(headline) == {"baseline", "lrt"} and "delta_equal_tokens" in headline["lrt"]
 
     # MLflow: one parent for the invocation, one child per stage and variant.
     from mlflow import MlflowClient
@@ -185,8 +238,20 @@ def test_dvc_repro_end_to_end(project: Path, env: dict[str, str]) -> None:
     runs = client.search_runs([experiment.experiment_id])
     children = {r.info.run_name: r for r in runs if "mlflow.parentRunId" in r.data.tags}
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    assert set(children) == STAGE_RUNS
+    assert set(children) == STAGE_RUNS | {"eval_bundle"}
     assert len(parents) == 1 and parents[0].info.run_name.startswith("dvc repro")
+    # the UI opens on runs; eval runs group by pathway/strategy; the parent has the deltas
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert children["eval/lrt"].data.params["model.pathway"] == "shared"
+    assert children["eval/baseline"].data.params["strategy.name"] == "none"
+    parent = client.get_run(parents[0].info.run_id)
+    assert "lrt/delta_equal_tokens" in parent.data.metrics, parent.data.metrics
+    assert "variants.lrt" in parent.data.params
+    logged = client.search_logged_models([experiment.experiment_id])
+    assert {m.source_run_id for m in logged} == {
+        children["eval/baseline"].info.run_id,
+        children["eval/lrt"].info.run_id,
+    }
     assert {r.data.tags["mlflow.parentRunId"] for r in children.values()} == {
         parents[0].info.run_id
     }
@@ -246,7 +311,9 @@ def test_cli_run_end_to_end(project: Path, env: dict[str, str]) -> None:
     client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlruns.db'}")
     runs = client.search_runs([client.get_experiment_by_name("cli").experiment_id])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    assert [p.info.run_name for p in parents] == ["lrt-pipeline run"]
+    # the name says what the command changed (its --set overrides)
+    assert [p.info.run_name.split(" [")[0] for p in parents] == ["lrt-pipeline run"]
+    assert "tracking.experiment=cli" in parents[0].info.run_name
     children = {
         r.info.run_name
         for r in runs

@@ -106,7 +106,9 @@ def test_max_tokens_stops_early() -> None:
         seq_len=4,
         max_tokens=9,
     )
-    assert ev.common_tokens == 16  # two whole batches: the cap is checked before each batch
+    # whole windows until the cap is covered: a batch of 2 windows (8 targets), then 1 of the
+    # next batch's 2 (12 >= 9), not the whole batch
+    assert ev.common_tokens == 12
 
 
 def test_baseline_modes_alias_init() -> None:

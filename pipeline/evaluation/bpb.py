@@ -224,9 +224,10 @@ def evaluate_bpb(
         token_bytes: (vocab_size,) byte length per token id, 0 for special tokens.
         seq_len: Window length T.
         bucket_size: Width of the per-position BPB buckets.
-        max_tokens: Stop after this many target positions (B*T per batch); None = all batches.
-        mode_max_tokens: Lower caps for some modes (a mode takes a whole batch while it has seen
-            fewer tokens than its cap).
+        max_tokens: Stop once this many target positions are scored, in whole windows (T
+            targets each); None = all batches.
+        mode_max_tokens: Lower caps for some modes (a mode takes the windows of a batch it still
+            needs to reach its cap).
         bos_id: `<|bos|>` id, to also track loss by position inside documents.
         device: Where the model runs.
         progress: Show a tqdm progress bar.
@@ -263,16 +264,22 @@ def evaluate_bpb(
             break
         x = inputs.to(device, non_blocking=True).long()
         y = targets.to(device, non_blocking=True).long()
-        everyone = len(active) == len(loss_fns)
+        B, T = y.shape
+        # Each mode takes the windows (rows) it still needs to cover its cap, so a batch larger
+        # than the cap does not overshoot it; the common windows are the rows every mode took.
+        rows = {m: B if math.isinf(caps[m]) else min(B, math.ceil((caps[m] - seen[m]) / T))
+                for m in active}  # fmt: skip
+        common_rows = min(rows.values()) if len(active) == len(loss_fns) else 0
         for m in active:
-            losses = loss_fns[m](x, y)
-            meters[m].update(losses, y, x)
-            if everyone:
-                common[m].update(losses, y, x)
-            seen[m] += y.numel()
-        if everyone:
-            common_tokens += y.numel()
-        scored += y.numel()
+            r = rows[m]
+            losses = loss_fns[m](x[:r], y[:r])
+            meters[m].update(losses, y[:r], x[:r])
+            if common_rows:
+                n = common_rows
+                common[m].update(losses[:n], y[:n], x[:n])
+            seen[m] += r * T
+        common_tokens += common_rows * T
+        scored += max(rows.values()) * T
         if bar is not None:
             bar.update(y.numel())
         elif time.perf_counter() - last_line >= PROGRESS_EVERY_S:
@@ -307,8 +314,35 @@ def supported_modes(model: Any) -> tuple[str, ...]:
     return ("init",)
 
 
+def chunked(fn: LossFn, max_rows: int) -> LossFn:
+    """`fn` applied to at most `max_rows` rows at a time (results concatenated): a large
+    scoring batch for one mode does not raise the memory of another.
+
+    >>> import torch
+    >>> calls = []
+    >>> f = chunked(lambda x, y: calls.append(len(x)) or torch.zeros(y.shape), 2)
+    >>> f(torch.zeros(5, 3), torch.zeros(5, 3)).shape, calls
+    (torch.Size([5, 3]), [2, 2, 1])
+    """
+
+    def run(idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if idx.size(0) <= max_rows:
+            return fn(idx, targets)
+        parts = [
+            fn(idx[lo : lo + max_rows], targets[lo : lo + max_rows])
+            for lo in range(0, idx.size(0), max_rows)
+        ]
+        return torch.cat(parts, dim=0)
+
+    return run
+
+
 def lrt_loss_fns(
-    model: Any, modes: Iterable[str] | None = None, strategy: Any = None
+    model: Any,
+    modes: Iterable[str] | None = None,
+    strategy: Any = None,
+    *,
+    static: bool | None = None,
 ) -> dict[str, LossFn]:
     """Per-mode loss functions of an `lrt.LRT` model (`model.token_losses`).
 
@@ -318,10 +352,18 @@ def lrt_loss_fns(
             "sequential"); None = `supported_modes(model)`.
         strategy: The `lrt.StrategyConfig` the model was trained with: it sets S of "merged",
             K of "refine" and C of "chunked". None = `StrategyConfig()` defaults.
+        static: Score "sequential" with the static decoder (`lrt.decode.sequential_losses(
+            static=True)`: one CUDA graph replay per position); default: on CUDA.
     """
+    device = getattr(model, "device", None)
+    use_static = (getattr(device, "type", None) == "cuda") if static is None else static
 
     def make(mode: str) -> LossFn:
         def fn(idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+            if mode == "sequential" and use_static and model.config.has_pathway:
+                from lrt.decode import sequential_losses
+
+                return sequential_losses(model, idx, targets, static=True)
             return model.token_losses(idx, targets, mode=mode, strategy=strategy)
 
         return fn

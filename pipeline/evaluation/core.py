@@ -305,14 +305,47 @@ class LossesAndArgmax(Protocol):
     def __call__(self, tokens: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
-def lrt_scorer(model: Any, *, device: torch.device | str | None = None) -> LossesAndArgmax:
-    """`LossesAndArgmax` over `model.logits(idx, mode=...)` (modes "init" and "sequential")."""
-    dev = device if device is not None else next(model.parameters()).device
+def lrt_scorer(
+    model: Any, *, device: torch.device | str | None = None, static: bool | None = None
+) -> LossesAndArgmax:
+    """`LossesAndArgmax` over `model.logits(idx, mode=...)` (modes "init" and "sequential").
+
+    static (default: on CUDA) decodes mode "sequential" with `lrt.static_decode.StaticDecoder`
+    (one CUDA graph replay per position), batches padded on the right to a few shapes (rows
+    to a power of two, length to a multiple of 64) so few graphs are captured; padding sits
+    after every scored position, so it changes no score.
+    """
+    dev = torch.device(device if device is not None else next(model.parameters()).device)
+    use_static = dev.type == "cuda" if static is None else static
+    decoders: dict[tuple[int, int], Any] = {}
+
+    def static_logits(idx: torch.Tensor) -> torch.Tensor:
+        from lrt.static_decode import StaticDecoder
+
+        B, L = idx.shape
+        rows = 1 << (B - 1).bit_length()
+        length = min(-(-L // 64) * 64, int(getattr(model.config, "rope_len", L)))
+        length = max(length, L)
+        key = (rows, length)
+        if key not in decoders:
+            amp = (
+                torch.get_autocast_dtype(dev.type) if torch.is_autocast_enabled(dev.type) else None
+            )
+            decoders[key] = StaticDecoder(model, rows, length, autocast_dtype=amp)
+        dec = decoders[key]
+        dec.reset()
+        padded = torch.zeros(rows, L, dtype=idx.dtype, device=idx.device)
+        padded[:B] = idx
+        out = [dec.step(padded[:, i])[:B] for i in range(L)]
+        return torch.stack(out, dim=1)  # (B, L, V)
 
     @torch.no_grad()
     def score(tokens: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
         idx = tokens.to(dev)
-        logits = model.logits(idx, mode=mode).float()  # (B, L, V)
+        if use_static and mode == "sequential" and model.config.has_pathway:
+            logits = static_logits(idx).float()  # (B, L, V)
+        else:
+            logits = model.logits(idx, mode=mode).float()  # (B, L, V)
         B, L, V = logits.shape
         losses = torch.full((B, L), math.nan, device=logits.device)
         losses[:, :-1] = torch.nn.functional.cross_entropy(
@@ -375,14 +408,26 @@ def _run_batches(
     batch_size: int,
     pad_id: int,
     bar: Any = None,
+    token_budget: tuple[int, int] | None = None,
 ) -> tuple[list[float], list[bool]]:
-    """Mean continuation loss and exact greedy match of every sequence."""
+    """Mean continuation loss and exact greedy match of every sequence.
+
+    `token_budget` = (max rows, max rows x length) replaces the fixed `batch_size`: batches of
+    similar lengths, as many rows as fit (see `pipeline.evaluation.batching`)."""
     mean_loss = [math.nan] * len(seqs)
     exact = [False] * len(seqs)
     # Longest first: similar lengths share a batch (less padding), and OOM shows up at once.
-    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i].tokens))
-    for lo in range(0, len(order), batch_size):
-        chunk = order[lo : lo + batch_size]
+    if token_budget is not None:
+        from pipeline.evaluation.batching import length_batches
+
+        max_rows, max_tokens = token_budget
+        chunks = length_batches(
+            [len(sq.tokens) for sq in seqs], max_rows=max_rows, max_tokens=max_tokens
+        )
+    else:
+        order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i].tokens))
+        chunks = [order[lo : lo + batch_size] for lo in range(0, len(order), batch_size)]
+    for chunk in chunks:
         L = max(len(seqs[i].tokens) for i in chunk)
         batch = torch.full((len(chunk), L), pad_id, dtype=torch.long)
         for r, i in enumerate(chunk):
@@ -411,6 +456,7 @@ def evaluate_task(
     max_items: int | None = None,
     fewshot_seed: int = FEWSHOT_SEED,
     progress: bool = False,
+    sequential_batch: tuple[int, int] | None = None,
 ) -> dict[str, TaskResult]:
     """Score one task in each mode; the prompts are encoded once and shared by the modes.
 
@@ -428,6 +474,8 @@ def evaluate_task(
         max_items: Score only this many items (None or <= 0: all).
         fewshot_seed: Base seed of the per-item few-shot draw.
         progress: Show a tqdm progress bar.
+        sequential_batch: (max rows, max rows x length) for mode "sequential", from a memory
+            budget (`pipeline.evaluation.batching`); None = `batch_size` rows as other modes.
     """
     n = len(items) if not max_items or max_items <= 0 else min(max_items, len(items))
     seqs: list[Scored] = []
@@ -441,7 +489,8 @@ def evaluate_task(
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(seqs), desc=f"core {spec.name} [{mode}]", unit="seq", leave=False)
-        mean_loss, exact = _run_batches(seqs, scorer, mode, batch_size, bos_id, bar)
+        budget = sequential_batch if mode == "sequential" else None
+        mean_loss, exact = _run_batches(seqs, scorer, mode, batch_size, bos_id, bar, budget)
         if bar is not None:
             bar.close()
         correct = [False] * n
@@ -486,6 +535,7 @@ def evaluate_core(
     shuffle_seed: int | None = SHUFFLE_SEED,
     fewshot_seed: int = FEWSHOT_SEED,
     progress: bool = True,
+    sequential_batch: tuple[int, int] | None = None,
 ) -> dict[str, CoreResult]:
     """CORE of a model in each memory mode.
 
@@ -494,7 +544,8 @@ def evaluate_core(
         scorer: The model (see `LossesAndArgmax`, `lrt_scorer`).
         tokenizer: Anything with `encode(text) -> list[int]` and `bos_id`.
         modes: Memory modes; for an LRT "init" (zero memory) and "sequential" (recurrent).
-        batch_size, max_len, max_items, fewshot_seed, progress: see `evaluate_task`.
+        batch_size, max_len, max_items, fewshot_seed, progress, sequential_batch: see
+            `evaluate_task`.
         shuffle_seed: Seed of the one-time shuffle of each file (None keeps file order).
 
     Returns:
@@ -517,6 +568,7 @@ def evaluate_core(
             max_items=max_items,
             fewshot_seed=fewshot_seed,
             progress=progress,
+            sequential_batch=sequential_batch,
         )
         for mode, r in res.items():
             per_mode[mode][spec.name] = r

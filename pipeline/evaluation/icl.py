@@ -182,8 +182,11 @@ def evaluate_synthetic(
     seed: int = 0,
     batch_size: int = 32,
     max_len: int | None = None,
+    sequential_batch: tuple[int, int] | None = None,
 ) -> dict[str, dict[str, dict[int, dict[str, float]]]]:
     """Accuracy and continuation loss of each synthetic task vs number of in-context examples.
+
+    `sequential_batch`: batching of mode "sequential" (see `core.evaluate_task`).
 
     Returns:
         `{mode: {task: {n: {"acc": float, "loss": float}}}}`.
@@ -202,6 +205,7 @@ def evaluate_synthetic(
                 modes=modes,
                 batch_size=batch_size,
                 max_len=max_len,
+                sequential_batch=sequential_batch,
             )
             for mode, r in res.items():
                 out[mode].setdefault(task, {})[n] = {"acc": r.accuracy, "loss": r.mean_loss}

@@ -32,7 +32,14 @@ from typing import Any
 import torch
 
 from pipeline.eval_bundle import core_status
-from pipeline.evaluation.bpb import bpb_metrics, evaluate_bpb, lrt_loss_fns, supported_modes
+from pipeline.evaluation.batching import MAX_ROWS, budget_bytes, sequential_rows
+from pipeline.evaluation.bpb import (
+    bpb_metrics,
+    chunked,
+    evaluate_bpb,
+    lrt_loss_fns,
+    supported_modes,
+)
 from pipeline.evaluation.core import core_metrics, evaluate_core, load_tasks, lrt_scorer
 from pipeline.evaluation.icl import evaluate_synthetic, in_context_gain
 from pipeline.evaluation.samples import generate_samples, write_samples
@@ -119,6 +126,17 @@ def evaluate_model(
     details: dict[str, Any] = {"modes_computed": modes}
     timings: dict[str, float] = {}
 
+    # Exact sequential scoring batches from a memory budget, not training's batch (its cost
+    # is one step per position whatever the batch holds; see pipeline.evaluation.batching).
+    seq_rows = sequential_rows(cfg, seq_len, budget_bytes(ev))
+    recurrent = cfg.has_pathway and "sequential" in modes
+    bpb_batch = max(batch_size, seq_rows) if recurrent else batch_size
+    details["batching"] = {
+        "device_batch_size": batch_size,
+        "sequential_rows": seq_rows,
+        "sequential_budget_mb": budget_bytes(ev) / (1 << 20),
+    }
+
     # -- BPB ------------------------------------------------------------------------------------
     t0 = time.perf_counter()
     if val_batches is None:
@@ -127,9 +145,12 @@ def evaluate_model(
         if data_dir is None:
             raise ValueError("evaluate_model needs data_dir or val_batches")
         val_batches = validation_loader(
-            data_dir, batch_size, seq_len, tokenizer_hash=getattr(tokenizer, "hash", None)
+            data_dir, bpb_batch, seq_len, tokenizer_hash=getattr(tokenizer, "hash", None)
         )
-    loss_fns = lrt_loss_fns(model, modes, strategy)
+    loss_fns = {
+        m: chunked(fn, seq_rows if m == "sequential" else batch_size)
+        for m, fn in lrt_loss_fns(model, modes, strategy).items()
+    }
     if not cfg.has_pathway and "sequential" in requested:
         # Exact decoding of a baseline is its init pass; scoring it again over the sequential
         # mode's windows keeps `bpb.sequential` on the same tokens for every variant.
@@ -193,6 +214,7 @@ def evaluate_model(
             max_len=seq_len,
             max_items=ev.core_max_items,
             progress=progress,
+            sequential_batch=(MAX_ROWS, seq_rows * seq_len),
         )
         cm = core_metrics(core)
         metrics["core"] = cm["core"]
@@ -217,6 +239,7 @@ def evaluate_model(
             seed=ev.seed,
             batch_size=batch_size,
             max_len=seq_len,
+            sequential_batch=(MAX_ROWS, seq_rows * seq_len),
         )
         details["icl"] = {
             m: {task: {str(n): v for n, v in per_n.items()} for task, per_n in tasks_.items()}
