@@ -710,6 +710,10 @@ def _tokenizer_section(stats: Any) -> Section:
         return sec
     sec.headers = ["statistic", "value"]
     sec.rows = [[k, _fmt(v)] for k, v in _flatten(stats).items() if not isinstance(v, list)]
+    sec.note = (
+        "The tokenize stage's stats.json: the BPE's vocabulary and training sample, bytes per "
+        "token, and the train/validation split packed into shards."
+    )
     return sec
 
 
