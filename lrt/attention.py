@@ -252,7 +252,9 @@ def _build_block_mask(q_pos: Tensor, tq: int, tk: int, device: torch.device, mas
     key = (mask_key, tq, tk, str(device), window)
     block_mask = _block_masks.get(key)
     if block_mask is None:
-        pos = q_pos.to(torch.int64)
+        # a private copy: masks of one pass (one per window) must not share `pos`, or dynamo
+        # guards on the aliasing and recompiles when a cached mask (own `pos`) is reused
+        pos = q_pos.to(torch.int64).clone()
 
         if window is None:
 
