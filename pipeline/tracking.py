@@ -466,7 +466,14 @@ def _parent_name(label: str, changes: list[str]) -> str:
     """`dvc repro <time> [train.max_steps=300]`: the invocation and what it changed."""
     if not changes:
         return label
-    text = ", ".join(changes)
+
+    def short(change: str) -> str:  # key=/a/long/path -> key=…/path (the tag keeps it whole)
+        key, sep, value = change.partition("=")
+        if sep and "/" in value and len(value) > 24:
+            value = "…/" + value.rstrip("/").rsplit("/", 1)[-1]
+        return f"{key}{sep}{value}"
+
+    text = ", ".join(short(c) for c in changes)
     return f"{label} [{text if len(text) <= 120 else text[:119] + '…'}]"
 
 

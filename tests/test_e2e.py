@@ -313,7 +313,8 @@ def test_cli_run_end_to_end(project: Path, env: dict[str, str]) -> None:
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     # the name says what the command changed (its --set overrides)
     assert [p.info.run_name.split(" [")[0] for p in parents] == ["lrt-pipeline run"]
-    assert "tracking.experiment=cli" in parents[0].info.run_name
+    assert "tracking.experiment=cli" in parents[0].info.run_name, parents[0].info.run_name
+    assert f"train.out_dir={out / 'runs'}" in parents[0].data.tags["lrt.changes"]
     children = {
         r.info.run_name
         for r in runs

@@ -216,5 +216,7 @@ def test_describe_changes_and_parent_names(tmp_path: Path, monkeypatch: pytest.M
     ]
     assert tracking._parent_name("dvc repro", changes[:1]) == "dvc repro [train.max_steps=300]"
     assert tracking._parent_name("lrt-pipeline run", []) == "lrt-pipeline run"
+    paths = tracking._parent_name("run", ["train.out_dir=/tmp/some/long/folder/runs", "a=b"])
+    assert paths == "run [train.out_dir=…/runs, a=b]"
     long = tracking._parent_name("x", [f"k{i}=v" for i in range(100)])
     assert len(long) < 130 and long.endswith("…]")
