@@ -347,20 +347,20 @@ def data_provenance(data_dir: str | Path, tokenizer_hash: str | None = None) -> 
 
 def check_provenance(
     saved: Mapping[str, Any] | None, current: Mapping[str, Any], path: Path, *, allow: bool
-) -> None:
+) -> bool:
     """Raise `ProvenanceError` when `saved` (from a model or checkpoint) names another
     tokenizer or shard set than `current`; only warn when `allow`. Files written before
-    provenance was recorded pass with a warning."""
+    provenance was recorded pass with a warning. Returns True when the data is the same."""
     if not saved:
         warnings.warn(f"{path} records no tokenizer/data provenance; not checked", stacklevel=3)
-        return
+        return True
     diffs = [
         f"{key}: model={str(saved.get(key))[:16]} current={str(current.get(key))[:16]}"
         for key in ("tokenizer_hash", "shards_hash")
         if saved.get(key) != current.get(key)
     ]
     if not diffs:
-        return
+        return True
     msg = (
         f"{path} was trained on other data than {current.get('data_dir')} ("
         + "; ".join(diffs)
@@ -370,6 +370,7 @@ def check_provenance(
     if not allow:
         raise ProvenanceError(msg)
     warnings.warn(msg, stacklevel=3)
+    return False
 
 
 # ---------------------------------------------------------------------------------------------

@@ -476,7 +476,14 @@ def _write_documents(docs: Iterable[str], raw_dir: Path) -> list[dict[str, Any]]
         nonlocal batch, batch_bytes
         path = raw_dir / f"documents_{len(entries):05d}.parquet"
         tmp = path.with_name(path.name + ".tmp")
-        pl.DataFrame({"text": batch}, schema={"text": pl.String}).write_parquet(tmp)
+        try:
+            pl.DataFrame({"text": batch}, schema={"text": pl.String}).write_parquet(tmp)
+        except pl.exceptions.PolarsError as exc:  # polars reports I/O errors as ComputeError
+            code = re.search(r"os error (\d+)", str(exc))
+            if code is None:
+                raise
+            num = int(code.group(1))
+            raise OSError(num, f"{os.strerror(num)} (writing {tmp})", str(tmp)) from None
         os.replace(tmp, path)
         entry = _file_entry(path, documents=len(batch), split=None)
         entry["text_bytes"] = batch_bytes

@@ -149,7 +149,11 @@ def tokenize(
     """
     if sum((part is not None, merge, tokenizer_only)) > 1:
         raise ValueError("choose at most one of part, merge and tokenizer_only")
-    with _stage(settings, "tokenize"):
+    from pipeline.atomic import locked
+
+    # Locked from the start (not only while swapping): a second tokenize fails at once
+    # instead of after training its own tokenizer.
+    with _stage(settings, "tokenize"), locked(settings.tokenizer.out_dir):
         out = Path(settings.tokenizer.out_dir)
         from pipeline.tokenizer import TOKENIZER_FILE  # lazy: the CLI starts without the extension
 

@@ -557,7 +557,7 @@ class _Run:
             path, state = found
             for key in ("model", "strategy", "run"):
                 check_config(state["config"][key], self.config[key], key)
-            check_provenance(
+            same_data = check_provenance(
                 state.get("provenance"),
                 self.provenance,
                 path,
@@ -566,7 +566,8 @@ class _Run:
             self.nonfinite_skipped = int(state["progress"].get("nonfinite_skipped", 0))
             load_state_strict(self.model, state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
-            self.loader.load_state_dict(state["loader"][self.info.rank])
+            if same_data:  # other data (allowed): its position in the old data means nothing
+                self.loader.load_state_dict(state["loader"][self.info.rank])
             set_rng_state(state["rng"][self.info.rank])
             self.step = int(state["step"])
             self.elapsed = float(state["progress"].get("elapsed_s", 0.0))

@@ -439,3 +439,41 @@ def test_rust_tokenizer_fast_path_equals_python_path(tmp_path):
     assert sorted(np.concatenate([tokens, val]).tolist()) == sorted(
         expected_stream(tok, docs).tolist()
     )
+
+
+def test_ids_outside_the_vocabulary_are_caught_on_read(shard):
+    """Valid checksums, but ids >= the header's vocabulary: the reader and the loader name the
+    file, the token and the id (before: an embedding IndexError naming no file)."""
+    from pipeline.loader import DataLoader
+
+    path, good, _ = shard
+    # 1. The header says vocab 200 (BOS 100, so the header itself is valid); the stored BOS
+    #    256 at token 0 is outside it.
+    bad = bytearray(good)
+    struct.pack_into("<I", bad, 16, 200)
+    struct.pack_into("<I", bad, 92, 100)
+    struct.pack_into("<I", bad, 124, zlib.crc32(bad[:124]))
+    rewrite(path, bad)
+    first = rf"{path.name}: token 0 \(chunk 0\) has id 256, outside the vocabulary of 200"
+    with pytest.raises(ShardFormatError, match=first):
+        read_shard(path)
+    # 2. One id poked into chunk 2 of a raw shard, every checksum recomputed.
+    header = HEADER.unpack_from(good)
+    if header[8] != 0:
+        return  # zstd: the poked bytes would have to be recompressed; case 1 covers it
+    n_doc, payload = header[7], header[10]
+    entry = 128 + 8 * n_doc + 24 * 2
+    off, length = struct.unpack_from("<QQ", good, entry)
+    bad = bytearray(good)
+    struct.pack_into("<H", bad, off + 2 * 5, 300)
+    struct.pack_into("<I", bad, entry + 16, zlib.crc32(bad[off : off + length]))
+    struct.pack_into("<I", bad, 88, zlib.crc32(bad[128:payload]))
+    struct.pack_into("<I", bad, 124, zlib.crc32(bad[:124]))
+    rewrite(path, bad)
+    poked = r"token 517 \(chunk 2\) has id 300, outside"
+    with pytest.raises(ShardFormatError, match=poked):
+        read_shard(path)
+    with pytest.raises(ShardFormatError, match=poked):  # the loader reaches it too
+        batches = iter(DataLoader(path.parent, "train", 2, 8))
+        for _ in range(5000):
+            next(batches)

@@ -10,6 +10,7 @@ import csv
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -449,3 +450,96 @@ def test_cuda_bf16_compile_and_resume(data_dir: Path, tmp_path: Path) -> None:
         train(cfg, strat, s, data_dir, tmp_path / "run", progress=False, on_step=interrupt)
     got = train(cfg, strat, s, data_dir, tmp_path / "run", resume=True, progress=False)
     assert got["loss"] == pytest.approx(ref["loss"], rel=0.05)
+
+
+# ---------------------------------------------------------------------------------------------
+# Guards: non-finite steps, models too big, other data
+
+
+def _poison_from(monkeypatch: pytest.MonkeyPatch, first: int, last: int = 10**9) -> None:
+    """Forward calls number `first`..`last` (0-based, one per micro-batch) return NaN loss:
+    a fault injected into the model, not into the guard under test."""
+    real = TrainStep.forward
+    calls = {"n": 0}
+
+    def forward(self, idx, targets):
+        loss, passes = real(self, idx, targets)
+        n, calls["n"] = calls["n"], calls["n"] + 1
+        return (loss * float("nan"), passes) if first <= n <= last else (loss, passes)
+
+    monkeypatch.setattr(TrainStep, "forward", forward)
+
+
+def test_non_finite_loss_stops_with_the_last_good_checkpoint_intact(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline.training import NonFiniteError
+
+    cfg, strat = _cfgs()
+    _poison_from(monkeypatch, first=6)  # 2 micro-batches per step: step 4 is the first bad one
+    out = tmp_path / "run"
+    with pytest.raises(NonFiniteError, match=r"non-finite loss nan.* at step 4/6") as info:
+        train(cfg, strat, _settings(checkpoint_every=1), data_dir, out, progress=False)
+    assert "step_00000003.pt is intact" in str(info.value)
+    assert "train.nonfinite_skips" in str(info.value)
+    assert [s for s, _ in list_checkpoints(out / "ckpt")] == [1, 2, 3]
+    state = load_checkpoint(out / "ckpt" / "step_00000003.pt")
+    assert all(torch.isfinite(t).all() for t in state["model"].values())
+    assert not (out / "model.pt").exists()
+
+
+def test_non_finite_steps_can_be_skipped_and_counted(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg, strat = _cfgs()
+    _poison_from(monkeypatch, first=6, last=7)  # one bad step
+    m = train(cfg, strat, _settings(nonfinite_skips=1, checkpoint_every=0), data_dir,
+              tmp_path / "run", progress=False)  # fmt: skip
+    assert m["nonfinite_skipped"] == 1 and m["step"] == 6
+    model, _, _ = load_model(tmp_path / "run" / "model.pt")
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_a_model_too_big_for_the_device_is_refused_before_allocation(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    from pipeline.training import device_memory
+
+    cfg = LRTConfig(vocab_size=VOCAB, depth=48, n_embd=8192, n_head=64, seq_len=SEQ)
+    strat = StrategyConfig()
+    assert device_memory(torch.device("cpu")) < 16 * 48 * 12 * 8192**2  # really does not fit
+    with pytest.raises(
+        ValueError, match=r"needs about [\d,.]+ GiB to train .* reduce model\.depth"
+    ):
+        train(cfg, strat, _settings(), data_dir, tmp_path / "big", progress=False)
+    with pytest.raises(ValueError, match=r"more than the 0\.0 GiB of train\.max_memory_gb"):
+        train(*_cfgs(), _settings(max_memory_gb=1e-6), data_dir, tmp_path / "s", progress=False)
+    assert not (tmp_path / "big").exists() and not (tmp_path / "s").exists()
+
+
+def test_resume_and_load_refuse_other_data_unless_allowed(data_dir: Path, tmp_path: Path) -> None:
+    from pipeline.checkpoint import ProvenanceError
+    from pipeline.shards import pack
+
+    cfg, strat = _cfgs()
+    out = tmp_path / "run"
+    train(cfg, strat, _settings(max_steps=2, checkpoint_every=1), data_dir, out, progress=False)
+    # The same documents re-split (another val_fraction): another shard set, same tokenizer.
+    other = tmp_path / "other"
+    shutil.copytree(data_dir, other)
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    docs = [p.read_text(errors="ignore")[:8000] for p in sorted(stdlib.glob("*.py"))[:30]]
+    from pipeline.tokenizer import Tokenizer
+
+    tok = Tokenizer.load(data_dir / "tokenizer.bpe")
+    pack(docs, tok, other, shard_tokens=1 << 14, val_fraction=0.3, seed=0)
+    with pytest.raises(ProvenanceError, match=r"shards_hash.*--set train\.allow_mismatch=true"):
+        train(cfg, strat, _settings(max_steps=2), other, out, resume=True, progress=False)
+    with pytest.raises(ProvenanceError, match="trained on other data"):
+        load_model(out / "model.pt", data_dir=other)
+    load_model(out / "model.pt", data_dir=data_dir)  # its own data: fine
+    with pytest.warns(UserWarning, match="trained on other data"):
+        load_model(out / "model.pt", data_dir=other, allow_mismatch=True)
+    with pytest.warns(UserWarning, match="trained on other data"):
+        train(cfg, strat, _settings(max_steps=2, allow_mismatch=True), other, out, resume=True,
+              progress=False)  # fmt: skip

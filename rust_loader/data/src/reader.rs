@@ -172,7 +172,44 @@ impl Shard {
         ct.min(self.header.token_count - i as u64 * ct)
     }
 
+    /// Checksum of chunk `i`'s token bytes, then every id < vocab_size (one pass over bytes
+    /// already in cache: ids >= vocab with a valid checksum would otherwise reach the
+    /// embedding as an IndexError that names no file).
     fn check_crc(&self, i: usize, bytes: &[u8]) -> Result<()> {
+        self.check_crc_only(i, bytes)?;
+        self.check_ids(i, bytes)
+    }
+
+    fn check_ids(&self, i: usize, bytes: &[u8]) -> Result<()> {
+        let vocab = self.header.vocab_size;
+        let found = match self.header.dtype {
+            TokenDtype::U16 => bytes
+                .chunks_exact(2)
+                .position(|c| u16::from_le_bytes([c[0], c[1]]) as u32 >= vocab),
+            TokenDtype::U32 => bytes
+                .chunks_exact(4)
+                .position(|c| u32::from_le_bytes(c.try_into().unwrap()) >= vocab),
+        };
+        if let Some(k) = found {
+            let itemsize = self.header.dtype.itemsize();
+            let at = k * itemsize;
+            let id = match self.header.dtype {
+                TokenDtype::U16 => u16::from_le_bytes([bytes[at], bytes[at + 1]]) as u32,
+                TokenDtype::U32 => u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()),
+            };
+            let token = i as u64 * self.header.chunk_tokens as u64 + k as u64;
+            return Err(DataError::format(
+                &self.path,
+                format!(
+                    "token {token} (chunk {i}) has id {id}, outside the vocabulary of {vocab}; \
+                     the shard is corrupt or was not packed by this pipeline"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_crc_only(&self, i: usize, bytes: &[u8]) -> Result<()> {
         if crc32fast::hash(bytes) != self.chunks[i].crc32 {
             let ct = self.header.chunk_tokens as u64;
             let a = i as u64 * ct;
