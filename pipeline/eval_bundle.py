@@ -316,7 +316,9 @@ def stage_main(argv: list[str]) -> int:
         with Tracker(settings.tracking, project_dir=settings.project_dir).stage(
             "eval_bundle", params=params
         ):
-            status = prepare_bundle(out_dir, url, sha256=sha256)
+            # few, short retries: offline (a blackholed network, no DNS error) the demo must not
+            # wait minutes; 30 s is per socket operation, not for the whole download
+            status = prepare_bundle(out_dir, url, sha256=sha256, retries=2, timeout_s=30.0)
             tracking.set_tags({"lrt.core_status": status["message"][:5000]})
             tracking.log_metrics({"core_tasks": status.get("tasks", 0)})
     except EvalBundleError as exc:
