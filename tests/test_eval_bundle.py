@@ -112,3 +112,24 @@ def test_core_status_without_a_bundle_says_how_to_get_it(tmp_path: Path) -> None
     assert not said["available"]
     assert "python -m stages.eval_bundle" in said["message"]
     assert "eval.core_dir" in said["message"]
+
+
+def test_stage_offline_succeeds_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`python -m stages.eval_bundle` with no server: exit 0, a status that says why and what
+    to run (the demo must not fail offline)."""
+    from pipeline.eval_bundle import stage_main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LRT_TRACKING__ENABLED", "false")
+    monkeypatch.setenv("LRT_EVAL_BUNDLE_URL", "http://127.0.0.1:9/eval_bundle.zip")  # refused
+    import pipeline.sources
+
+    monkeypatch.setattr(pipeline.sources.time, "sleep", lambda s: None)  # no backoff waits
+    assert stage_main([]) == 0
+    status = bundle_status(tmp_path / "data" / "eval_bundle")
+    assert status is not None and status["available"] is False
+    out = capsys.readouterr().out
+    assert "CORE skipped: eval bundle unavailable" in out and "with network" in out
+    assert stage_main(["extra"]) == 2
