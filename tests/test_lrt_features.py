@@ -301,3 +301,24 @@ def test_config_errors_are_one_line_and_name_the_fix():
         with pytest.raises(ValueError, match=msg.replace("(", r"\(").replace(")", r"\)")) as e:
             LRTConfig(**base, **kw)
         assert "\n" not in str(e.value)
+
+
+def test_flex_equals_sdpa_with_windows_and_gqa():
+    """The FlexAttention block masks (window + causal by original position, GQA) agree with the
+    dense SDPA masks on every pass of an interleaved step and on chunked passes (CPU eager)."""
+    from lrt.attention import set_attention_backend
+
+    m = model_of("official")
+    idx = toks()
+    out = {}
+    for backend in ("sdpa", "flex"):
+        set_attention_backend(backend)
+        try:
+            with torch.no_grad():
+                run = run_passes(m, idx, StrategyConfig(name="interleaved", subsets=3))
+                chunk = m.logits(idx, "chunked", StrategyConfig(chunk_size=5))
+            out[backend] = [m.head(p[0].hidden) for p in run.passes] + [chunk]
+        finally:
+            set_attention_backend("auto")
+    for a, b in zip(out["sdpa"], out["flex"], strict=True):
+        torch.testing.assert_close(a, b, **TOL)
