@@ -30,6 +30,20 @@ def test_bytes_per_row_by_hand() -> None:
     assert sequential_rows(cfg, 256, 10 * per_row + 1) == 10
     assert sequential_rows(cfg, 256, 1) == 1  # at least one row
     assert sequential_rows(cfg, 1, 1 << 40, max_rows=7) == 7
+    # BPB's sequential_losses keeps one step's logits, not (L, V)
+    lean = sequential_bytes_per_row(cfg, 256, stacked_logits=False)
+    assert lean == cache + step
+    assert sequential_rows(cfg, 256, 10 * lean, stacked_logits=False) == 10
+
+
+def test_budget_from_setting_env_or_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.evaluation.batching import BUDGET_ENV, DEFAULT_BUDGET_MB, budget_bytes
+
+    monkeypatch.delenv(BUDGET_ENV, raising=False)
+    assert budget_bytes(None, torch.device("cpu")) == DEFAULT_BUDGET_MB << 20
+    monkeypatch.setenv(BUDGET_ENV, "3")
+    assert budget_bytes(None) == 3 << 20
+    assert budget_bytes(SimpleNamespace(sequential_memory_mb=5)) == 5 << 20
 
 
 def test_length_batches_respect_the_token_budget() -> None:

@@ -31,24 +31,46 @@ MAX_ROWS = 256
 BUDGET_ENV = "LRT_EVAL_SEQUENTIAL_MEMORY_MB"
 
 
-def budget_bytes(eval_settings: Any = None) -> int:
+CUDA_FREE_FRACTION = 0.25
+"""On CUDA without a setting: this share of the memory free when evaluation starts."""
+
+
+def budget_bytes(eval_settings: Any = None, device: Any = None) -> int:
     """The sequential-scoring memory budget: `eval.sequential_memory_mb` when that setting
-    exists, else $LRT_EVAL_SEQUENTIAL_MEMORY_MB, else `DEFAULT_BUDGET_MB`."""
+    exists, else $LRT_EVAL_SEQUENTIAL_MEMORY_MB, else a quarter of the free memory on a CUDA
+    `device`, else `DEFAULT_BUDGET_MB`."""
     mb = getattr(eval_settings, "sequential_memory_mb", None) or os.environ.get(BUDGET_ENV)
-    return int(float(mb or DEFAULT_BUDGET_MB) * (1 << 20))
+    if mb:
+        return int(float(mb) * (1 << 20))
+    if device is not None and getattr(device, "type", str(device).split(":")[0]) == "cuda":
+        import torch
+
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * CUDA_FREE_FRACTION)
+    return DEFAULT_BUDGET_MB << 20
 
 
-def sequential_bytes_per_row(config: Any, length: int, *, dtype_bytes: int = 4) -> int:
+def sequential_bytes_per_row(
+    config: Any, length: int, *, dtype_bytes: int = 4, stacked_logits: bool = True
+) -> int:
     """Bytes one sequence of `length` tokens needs while it is decoded exactly (see the module
-    docstring); `config` is an `lrt.LRTConfig`."""
+    docstring); `config` is an `lrt.LRTConfig`. `stacked_logits`: the (L, V) logits are kept
+    (CORE's scorer) rather than one step's (BPB's `sequential_losses`)."""
     kv_width = int(config.n_kv_head) * int(config.head_dim)
     cache = 2 * int(config.n_layer) * length * kv_width * dtype_bytes
-    logits = length * int(config.vocab_size) * 4  # float32, stacked over positions
+    logits = length * int(config.vocab_size) * 4 if stacked_logits else 0  # float32
     step = 32 * int(config.n_embd) * dtype_bytes + 2 * int(config.vocab_size) * 4
     return cache + logits + step
 
 
-def sequential_rows(config: Any, length: int, budget: int, *, max_rows: int = MAX_ROWS) -> int:
+def sequential_rows(
+    config: Any,
+    length: int,
+    budget: int,
+    *,
+    max_rows: int = MAX_ROWS,
+    stacked_logits: bool = True,
+) -> int:
     """Rows of `length` tokens that fit `budget` bytes (at least 1, at most `max_rows`).
 
     >>> from types import SimpleNamespace as NS
@@ -56,7 +78,9 @@ def sequential_rows(config: Any, length: int, budget: int, *, max_rows: int = MA
     >>> sequential_rows(cfg, 256, 64 << 20)
     25
     """
-    per_row = max(1, sequential_bytes_per_row(config, max(1, length)))
+    per_row = max(
+        1, sequential_bytes_per_row(config, max(1, length), stacked_logits=stacked_logits)
+    )
     return max(1, min(max_rows, budget // per_row))
 
 

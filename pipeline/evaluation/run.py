@@ -128,13 +128,16 @@ def evaluate_model(
 
     # Exact sequential scoring batches from a memory budget, not training's batch (its cost
     # is one step per position whatever the batch holds; see pipeline.evaluation.batching).
-    seq_rows = sequential_rows(cfg, seq_len, budget_bytes(ev))
+    budget = budget_bytes(ev, torch.device(device))
+    seq_rows = sequential_rows(cfg, seq_len, budget)  # CORE / ICL: (L, V) logits kept
+    bpb_rows = sequential_rows(cfg, seq_len, budget, stacked_logits=False)
     recurrent = cfg.has_pathway and "sequential" in modes
-    bpb_batch = max(batch_size, seq_rows) if recurrent else batch_size
+    bpb_batch = max(batch_size, bpb_rows) if recurrent else batch_size
     details["batching"] = {
         "device_batch_size": batch_size,
-        "sequential_rows": seq_rows,
-        "sequential_budget_mb": budget_bytes(ev) / (1 << 20),
+        "sequential_rows_bpb": bpb_rows,
+        "sequential_rows_core": seq_rows,
+        "sequential_budget_mb": budget / (1 << 20),
     }
 
     # -- BPB ------------------------------------------------------------------------------------
@@ -148,7 +151,7 @@ def evaluate_model(
             data_dir, bpb_batch, seq_len, tokenizer_hash=getattr(tokenizer, "hash", None)
         )
     loss_fns = {
-        m: chunked(fn, seq_rows if m == "sequential" else batch_size)
+        m: chunked(fn, bpb_rows if m == "sequential" else batch_size)
         for m, fn in lrt_loss_fns(model, modes, strategy).items()
     }
     if not cfg.has_pathway and "sequential" in requested:
