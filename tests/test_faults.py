@@ -204,8 +204,17 @@ def _check_rerun_equals_clean(project: Path, stage: str, clean: dict) -> None:
     assert result.returncode == 0, result.stderr
     ref = {k: v for k, v in clean[stage].items() if k != "__seconds__"}
     assert content_hash(project / folder) == ref
-    assert leftovers(project) == [] or stage == "train"
-    assert not (project / folder.rsplit("/", 1)[0] / f".{Path(folder).name}.partial").exists()
+    assert leftovers(project) == []
+    assert not (project / folder).with_name(f".{Path(folder).name}.partial").exists()
+    _check_user_files(project)
+
+
+def _check_user_files(project: Path) -> None:
+    """The files a user put in the output folders are still there, unchanged."""
+    for folder, _ in STAGES.values():
+        assert (project / folder / "NOTES.md").read_text() == "the user's notes", folder
+    # Matched `tokenizer.*` and was deleted by every tokenize before.
+    assert (project / "data/tokens/tokenizer_pretrained.bpe").read_text() == "a user's tokenizer"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -238,7 +247,6 @@ def test_kill9_at_a_random_point_keeps_the_previous_output(
     new = {k: v for k, v in clean[stage].items() if k != "__seconds__"}
     assert after == before or content_hash(project / folder) == new, f"killed at {delay:.2f}s"
     _check_rerun_equals_clean(project, stage, clean)
-    assert (project / folder / "NOTES.md").read_text() == "the user's notes"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -333,3 +341,44 @@ def test_corrupt_input_among_good_ones_fails_download_naming_the_file(
         assert message in last and name in last, (name, last)
         assert tree_hash(project / "data/raw") == before, name
     assert leftovers(project) == []
+
+
+def test_download_of_zero_documents_fails_at_download(base: Path, tmp_path: Path) -> None:
+    project = _copy(base, tmp_path)
+    before = tree_hash(project / "data/raw")
+    empty = project / "empty"
+    empty.mkdir()
+    (empty / "a.txt").write_text("")
+    result = cli(project, "download", "--set", f"data.paths=[{empty}]")
+    assert result.returncode != 0
+    assert "0 documents" in result.stderr.strip().splitlines()[-1], result.stderr
+    assert tree_hash(project / "data/raw") == before
+
+
+EVAL_SETTINGS = [
+    "eval.bpb_max_tokens=256",
+    "eval.modes=[init]",
+    "eval.core_dir=none",
+    "eval.icl_enabled=false",
+    "eval.samples_prompts=[a]",
+    "eval.max_new_tokens=2",
+]
+
+
+@pytest.mark.slow
+def test_eval_is_staged_and_refuses_a_model_of_other_data(base: Path, tmp_path: Path) -> None:
+    project = _copy(base, tmp_path)
+    args = ["eval", "--variant", "lrt", *[x for o in EVAL_SETTINGS for x in ("--set", o)]]
+    result = cli(project, *args)
+    assert result.returncode == 0, result.stderr
+    run = project / "runs/lrt"
+    assert (run / "metrics.json").is_file() and (run / "NOTES.md").is_file()
+    assert leftovers(project) == []
+    # Re-tokenized with another vocabulary: the model is not evaluated with it.
+    assert cli(project, *stage_args("tokenize", STAGES["tokenize"][1])).returncode == 0
+    before = tree_hash(run)
+    result = cli(project, *args)
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert "trained on other data" in last and "--set train.allow_mismatch=true" in last, last
+    assert tree_hash(run) == before

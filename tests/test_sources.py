@@ -7,6 +7,7 @@ requests and can be told to cut a transfer short or to corrupt one response. No 
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -21,6 +22,7 @@ from pipeline.sources import (
     DownloadError,
     download,
     fetch,
+    file_documents,
     iter_documents,
     raw_files,
     read_raw_manifest,
@@ -249,3 +251,66 @@ def test_files_source_errors_name_the_file(tmp_path: Path) -> None:
         )
     with pytest.raises(ValueError, match="needs data.paths"):
         DataSettings(source="files")
+
+
+_RSS_SCRIPT = """
+import resource, sys
+from pathlib import Path
+from pipeline.sources import file_documents
+paths = [Path(p) for p in sys.argv[1:]]
+start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+docs = list(file_documents(paths, 1_000_000))
+grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - start
+print(len(docs), sum(len(d.encode()) for d in docs), grown // 1024)
+"""
+
+
+@pytest.mark.parametrize("kind", ["txt", "jsonl"])
+def test_max_bytes_is_honoured_while_streaming(tmp_path: Path, kind: str) -> None:
+    """A 96 MB one-line file with data.max_bytes = 1 MB: at most 1 MB of text comes out and
+    the reader's memory grows by a few MB, not by the file (it read it all before)."""
+    import subprocess
+    import sys
+
+    big = tmp_path / f"big.{kind}"
+    with big.open("wb") as fh:
+        if kind == "jsonl":
+            fh.write(b'{"text": "small first document"}\n{"text": "')
+        for _ in range(96):
+            fh.write(b"x" * (1 << 20))
+        fh.write(b'"}\n' if kind == "jsonl" else b"")
+    out = subprocess.run(
+        [sys.executable, "-c", _RSS_SCRIPT, str(big)], capture_output=True, text=True, check=True
+    ).stdout.split()
+    n_docs, n_bytes, grown_mb = map(int, out)
+    assert n_bytes <= 1_000_000 and n_docs == 1
+    assert n_bytes == (1_000_000 if kind == "txt" else len("small first document"))
+    assert grown_mb < 24, f"reading grew RSS by {grown_mb} MB"
+
+
+def test_every_reader_error_names_the_file(tmp_path: Path) -> None:
+    """The class of 'a traceback naming no file': corrupt/truncated parquet, a non-string
+    `text` column, a non-zstd .zst, invalid UTF-8 in .txt and .jsonl, a first JSON line too
+    long for max_bytes. (CLI-level: tests/test_faults.py.)"""
+    good = tmp_path / "good.parquet"
+    pl.DataFrame({"text": ["a document"] * 100}).write_parquet(good)
+    data = good.read_bytes()
+    cases = {
+        "trunc.parquet": (data[: len(data) // 2], "trunc.parquet: not a readable parquet"),
+        "ints.parquet": (None, "ints.parquet: column `text` holds Int64, not strings"),
+        "plain.jsonl.zst": (b'{"text": "x"}\n', "plain.jsonl.zst: not a valid zstd stream"),
+        "bad.txt": (b"ok \xff", "bad.txt: invalid UTF-8 at byte 3"),
+        "bad.jsonl": (b'{"text": "ok"}\n{"text": "\xff"}\n', "bad.jsonl:2: invalid UTF-8"),
+        "long.jsonl": (b'{"text": "' + b"y" * 200_000 + b'"}\n', "long.jsonl:1: one JSON line"),
+    }
+    for name, (payload, message) in cases.items():
+        path = tmp_path / name
+        if payload is None:
+            pl.DataFrame({"text": [1, 2]}).write_parquet(path)
+        else:
+            path.write_bytes(payload)
+        with pytest.raises(ValueError, match=re.escape(message)):
+            if name == "long.jsonl":  # the first document: nothing fits, say so
+                list(file_documents([path], 10_000))
+            else:  # after a good file: the bad one is reached
+                list(file_documents([good, path], None))
