@@ -136,7 +136,7 @@ def test_shard_from_another_tokenizer_is_refused_by_training(tmp_path: Path):
 
     with pytest.raises(TokenizerMismatchError, match=rf"train_0000\.bin.*{other}"):
         train(
-            LRTConfig(vocab_size=257, depth=1, seq_len=8, n_embd=16, n_head=1),
+            LRTConfig(vocab_size=257, depth=1, seq_len=8, n_embd=32, n_head=1),
             StrategyConfig(),
             TrainSettings(device="cpu", total_batch_tokens=16, device_batch_size=2, max_steps=1),
             tmp_path / "tok",
@@ -157,7 +157,7 @@ def test_invalid_values_are_rejected_with_the_key(tmp_path: Path):
     # S > T: refused before any data is read (the data folder does not even exist).
     with pytest.raises(ValueError, match=r"strategy.subsets=40 is larger than model.seq_len=32"):
         train(
-            LRTConfig(vocab_size=257, depth=1, seq_len=32, n_embd=16, n_head=1, pathway="shared"),
+            LRTConfig(vocab_size=257, depth=1, seq_len=32, n_embd=32, n_head=1, pathway="shared"),
             StrategyConfig(name="interleaved", subsets=40),
             TrainSettings(device="cpu", total_batch_tokens=64, device_batch_size=2, max_steps=1),
             tmp_path / "no-data",
