@@ -53,7 +53,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-__all__ = ["OutputLockedError", "leftovers", "locked", "output_dir", "swap_dirs"]
+__all__ = ["OutputLockedError", "leftovers", "locked", "output_dir", "partial_dir", "swap_dirs"]
 
 
 class OutputLockedError(RuntimeError):
@@ -232,6 +232,12 @@ def _link_tree(src: Path, dst: Path) -> None:
 
 def _stage_name(folder: Path, tag: str) -> Path:
     return folder.parent / f".{folder.name}.{tag}" / folder.name
+
+
+def partial_dir(folder: str | Path) -> Path:
+    """Where `output_dir(folder, partial=True)` stages (other DDP ranks read checkpoints
+    there; they write nothing)."""
+    return _stage_name(Path(folder).absolute(), "partial")
 
 
 @contextlib.contextmanager

@@ -1070,7 +1070,7 @@ def train_variant(
     Returns:
         The final metrics dict (see `train`).
     """
-    from pipeline.atomic import output_dir
+    from pipeline.atomic import output_dir, partial_dir
     from pipeline.settings import variant_settings
 
     model_s, strategy_s = variant_settings(settings, variant)
@@ -1080,13 +1080,15 @@ def train_variant(
     def run(logger: Any) -> dict:
         # The run folder is locked and written beside the old one (`.VARIANT.partial`, kept
         # when the run fails or is killed so that --resume continues it) and swapped in at
-        # the end: a failed or killed run never touches the previous run's outputs.
+        # the end: a failed or killed run never touches the previous run's outputs. Other
+        # DDP ranks only read checkpoints there (rank 0 has staged it before the process
+        # group's rendezvous lets them start).
         final = Path(settings.train.out_dir) / variant
         main = int(os.environ.get("RANK", "0")) == 0
         staged = (
             output_dir(final, owned=_run_ours, keep=lambda n: resume, partial=True, resume=resume)
             if main
-            else contextlib.nullcontext(final)
+            else contextlib.nullcontext(partial_dir(final))
         )
         with staged as run_dir:
             return train(
