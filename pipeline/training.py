@@ -130,7 +130,10 @@ def resolve_device(setting: str, info: DistInfo | None = None) -> torch.device:
         setting = "cuda" if torch.cuda.is_available() else "cpu"
     if setting == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("train.device=cuda but CUDA is not available; use train.device=auto")
+            raise ValueError(
+                "train.device=cuda but this machine has no usable CUDA device "
+                "(torch.cuda.is_available() is False); use train.device=auto or cpu"
+            )
         return torch.device("cuda", info.local_rank if info else 0)
     return torch.device("cpu")
 
@@ -555,8 +558,18 @@ class _Run:
                     "start the run without --resume"
                 )
             path, state = found
-            for key in ("model", "strategy", "run"):
+            for key in ("model", "strategy"):
                 check_config(state["config"][key], self.config[key], key)
+            # A larger budget (train.max_steps) extends the run, finished or not; the LR
+            # schedule follows the new total from here on.
+            saved_run = dict(state["config"]["run"])
+            if int(state["step"]) > self.total_steps:
+                raise CheckpointError(
+                    f"--resume: the checkpoint {path} is at step {state['step']}, past the "
+                    f"{self.total_steps} steps of this budget; raise train.max_steps"
+                )
+            saved_run["total_steps"] = self.total_steps
+            check_config(saved_run, self.config["run"], "run")
             same_data = check_provenance(
                 state.get("provenance"),
                 self.provenance,
@@ -886,7 +899,8 @@ def train(
         token_bytes: (vocab,) UTF-8 bytes per token for BPB; None = validation loss only.
         tokenizer_hash: Checked against the shards' headers when given.
         variant: Name used in messages and metrics (default: the folder name).
-        progress: Show a tqdm bar (default: when stderr is a terminal).
+        progress: Show a tqdm bar (default: when stderr is a terminal; otherwise plain
+            progress lines on stdout every `log_every` steps). False: neither.
         on_step: Called as `on_step(step, row)` after every step on every rank (`row` is empty
             on steps that are not logged); raising KeyboardInterrupt there acts like Ctrl-C
             (single process only: under DDP every rank must stop at the same step).
@@ -930,6 +944,8 @@ def train(
         bar = tqdm(total=run.total_steps, initial=run.step, desc=run.variant, unit="step",
                    dynamic_ncols=True)  # fmt: skip
 
+    # Not a terminal (a log file, CI, DVC): plain lines every log_every steps instead of tqdm.
+    plain = run.main and bar is None and progress is None
     batches = iter(run.loader)
     last_row: dict[str, Any] = {}
     at_boundary = True  # the model, optimizer and loader agree on `run.step`
@@ -957,6 +973,8 @@ def train(
                             run.val_log.append(row)
                     if track:
                         _track(tracker, "log_metrics", _metric_names(row), step=step)
+                    if plain:
+                        _progress_line(run, row)
                     last_row = row
                 else:
                     run.elapsed += time.perf_counter() - t0
@@ -1006,6 +1024,26 @@ def train(
             if (out_dir / name).is_file():
                 _track(tracker, "log_artifact", out_dir / name)
     return metrics
+
+
+def _progress_line(run: _Run, row: Mapping[str, Any]) -> None:
+    """`[train] lrt step 40/100 loss 3.2101 tok/s 51,200 eta 0:00:12 val_bpb 1.93` (stdout)."""
+    step, total = int(row["step"]), run.total_steps
+    rate = row["step"] / run.elapsed if run.elapsed > 0 else 0.0  # steps per training second
+    eta = int((total - step) / rate) if rate > 0 else None
+    parts = [
+        f"[train] {run.variant} step {step}/{total}",
+        f"loss {row['loss']:.4f}",
+        f"tok/s {row['tokens_per_s']:,.0f}",
+        f"eta {_hms(eta) if eta is not None else '?'}",
+    ]
+    if row.get("val_bpb") is not None:
+        parts.append(f"val_bpb {row['val_bpb']:.4f}")
+    print(" ".join(parts), flush=True)
+
+
+def _hms(seconds: int) -> str:
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 def _say(msg: str) -> None:
@@ -1074,6 +1112,7 @@ def train_variant(
     from pipeline.settings import variant_settings
 
     model_s, strategy_s = variant_settings(settings, variant)
+    resolve_device(settings.train.device)  # a one-line error before any data is read
     data_dir = Path(settings.tokenizer.out_dir)
     vocab_size, tok_hash, token_bytes = _tokenizer_info(data_dir)
 

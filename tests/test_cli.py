@@ -233,3 +233,13 @@ def test_download_is_tracked_under_one_parent(project: Path) -> None:
     )
     assert by_name["download"].data.metrics["raw/documents"] > 0
     assert by_name["download"].data.params["data.source"] == "builtin"
+
+
+def test_cuda_on_a_machine_without_cuda_is_one_line(project: Path) -> None:
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    result = invoke("train", "--variant", "lrt", "--set", "train.device=cuda")
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "train.device=cuda but this machine has no usable CUDA" in lines[0]

@@ -543,3 +543,42 @@ def test_resume_and_load_refuse_other_data_unless_allowed(data_dir: Path, tmp_pa
     with pytest.warns(UserWarning, match="trained on other data"):
         train(cfg, strat, _settings(max_steps=2, allow_mismatch=True), other, out, resume=True,
               progress=False)  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# Progress lines, budget extension (issue 13)
+
+
+def test_plain_progress_lines_when_not_a_terminal(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import re
+
+    cfg, strat = _cfgs()
+    out = tmp_path / "run"
+    train(cfg, strat, _settings(log_every=2), data_dir, out, token_bytes=_token_bytes(data_dir))
+    lines = capsys.readouterr().out.splitlines()
+    pattern = re.compile(
+        r"^\[train\] run step (\d+)/6 loss (\d+\.\d{4}) tok/s [\d,]+ eta \d+:\d\d:\d\d"
+        r"( val_bpb (\d+\.\d{4}))?$"
+    )
+    matches = [pattern.match(line) for line in lines if line.startswith("[train] run step")]
+    assert matches and all(matches), lines
+    rows = _log(out)  # the same rows as train_log.csv, independently written
+    assert [int(m.group(1)) for m in matches] == [int(r["step"]) for r in rows]
+    assert [m.group(2) for m in matches] == [f"{float(r['loss']):.4f}" for r in rows]
+    assert matches[-1].group(4) == f"{float(rows[-1]['val_bpb']):.4f}"
+
+
+def test_resume_with_a_larger_budget_extends_a_finished_run(data_dir: Path, tmp_path: Path):
+    cfg, strat = _cfgs()
+    out = tmp_path / "run"
+    first = train(cfg, strat, _settings(max_steps=4, checkpoint_every=0), data_dir, out,
+                  progress=False)  # fmt: skip
+    assert first["step"] == 4
+    with pytest.raises(CheckpointError, match=r"step 4, past the 3 steps .* train\.max_steps"):
+        train(cfg, strat, _settings(max_steps=3), data_dir, out, resume=True, progress=False)
+    more = train(cfg, strat, _settings(max_steps=6, checkpoint_every=0), data_dir, out,
+                 resume=True, progress=False)  # fmt: skip
+    assert more["step"] == more["total_steps"] == 6
+    assert [int(r["step"]) for r in _log(out)][-3:] == [4, 5, 6]
