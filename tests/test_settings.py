@@ -194,7 +194,7 @@ def test_dvc_yaml_params_name_real_settings() -> None:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     for stage, spec in dvc["stages"].items():
         body = spec.get("do", spec)
-        for key in body["params"]:
+        for key in body.get("params", []):
             key = key.replace("${key}", "lrt")
             node = params
             for part in key.split("."):
