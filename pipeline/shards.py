@@ -450,6 +450,25 @@ def _parquet_docs(path: Path, stats: _Utf8Stats) -> Iterator[str]:
 
 
 def _file_docs(path: Path, stats: _Utf8Stats) -> Iterator[str]:
+    """`_read_file_docs` with every reader failure (polars, zstd, I/O) naming the file."""
+    import polars as pl
+    import zstandard
+
+    try:
+        yield from _read_file_docs(path, stats)
+    except (pl.exceptions.PolarsError, pl.exceptions.PanicException, zstandard.ZstdError) as e:
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise ValueError(
+            f"{path}: unreadable ({type(e).__name__}: {first}); the file is truncated or "
+            "corrupt: re-create it (re-run `lrt-pipeline download` for data/raw)"
+        ) from None
+    except OSError as e:
+        if e.filename is not None or e.errno is None:
+            raise
+        raise OSError(e.errno, f"{e.strerror} (reading {path})", str(path)) from None
+
+
+def _read_file_docs(path: Path, stats: _Utf8Stats) -> Iterator[str]:
     name = path.name.lower()
     stats.start_file()
     if name.endswith(".txt"):

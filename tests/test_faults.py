@@ -390,3 +390,24 @@ def test_eval_is_staged_and_refuses_a_model_of_other_data(base: Path, tmp_path: 
     last = result.stderr.strip().splitlines()[-1]
     assert "trained on other data" in last and "--set train.allow_mismatch=true" in last, last
     assert tree_hash(run) == before
+
+
+def test_corrupt_raw_file_fails_tokenize_naming_it(base: Path, tmp_path: Path) -> None:
+    """A raw parquet damaged after download (same size: the manifest's size check passes):
+    tokenize names the file, and the previous pack stays byte-identical."""
+    project = _copy(base, tmp_path)
+    before = tree_hash(project / "data/tokens")
+    raw = project / "data/raw/documents_00000.parquet"
+    data = bytearray(raw.read_bytes())
+    data[len(data) // 3 : len(data) // 3 + 64] = bytes(64)
+    raw.write_bytes(data)
+    result = cli(project, *stage_args("tokenize", STAGES["tokenize"][1]))
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in result.stderr and "documents_00000.parquet" in last, result.stderr
+    assert tree_hash(project / "data/tokens") == before
+    # A raw file whose size no longer matches the manifest is refused before any work.
+    raw.write_bytes(bytes(data[:-10]))
+    result = cli(project, *stage_args("tokenize", STAGES["tokenize"][1]))
+    assert "has " in result.stderr and "re-run `lrt-pipeline download`" in result.stderr
+    assert tree_hash(project / "data/tokens") == before

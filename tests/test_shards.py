@@ -477,3 +477,18 @@ def test_ids_outside_the_vocabulary_are_caught_on_read(shard):
         batches = iter(DataLoader(path.parent, "train", 2, 8))
         for _ in range(5000):
             next(batches)
+
+
+def test_pack_files_reader_errors_name_the_file(tmp_path):
+    import polars as pl
+
+    good = tmp_path / "good.parquet"
+    pl.DataFrame({"text": ["a document"] * 200}).write_parquet(good)
+    bad = tmp_path / "bad.parquet"
+    bad.write_bytes(good.read_bytes()[:-12])  # footer gone
+    zst = tmp_path / "plain.jsonl.zst"
+    zst.write_bytes(b'{"text": "not compressed"}\n')
+    for path in (bad, zst):
+        with pytest.raises(ValueError, match=rf"{path.name}: unreadable"):
+            pack_files([good, path], ByteTokenizer(), tmp_path / f"out_{path.stem}")
+        assert not list((tmp_path / f"out_{path.stem}").glob("*.bin"))
