@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import hashlib
 import io
 import json
 import os
@@ -313,21 +312,10 @@ def expect_data(data_dir: str | Path, *, allow_mismatch: bool = False):
         _EXPECTED.reset(token)
 
 
-def shard_set_hash(manifest: Mapping[str, Any]) -> str:
-    """sha256 over the manifest's shard list (split, file, sha256) and tokenizer hash: equal
-    exactly when two folders hold the same shards."""
-    entries = [
-        [split, e.get("file"), e.get("sha256")]
-        for split in ("train", "val")
-        for e in (manifest.get("splits") or {}).get(split, [])
-    ]
-    ident = json.dumps([manifest.get("tokenizer_hash"), entries])
-    return hashlib.sha256(ident.encode()).hexdigest()
-
-
 def data_provenance(data_dir: str | Path, tokenizer_hash: str | None = None) -> dict[str, Any]:
     """What a model trained on `data_dir` records: the tokenizer hash (`tokenizer_hash`, else
     the manifest's), the shard-set hash and the folder."""
+    from pipeline.shards import shard_set_hash  # lazy: needs the extension
     path = Path(data_dir) / "manifest.json"
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))

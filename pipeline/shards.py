@@ -40,6 +40,7 @@ __all__ = [
     "pack_files",
     "read_manifest",
     "read_shard",
+    "shard_set_hash",
 ]
 
 FORMAT_VERSION = 1
@@ -209,6 +210,18 @@ def read_manifest(out_dir: str | Path) -> Manifest:
         raise ShardFormatError(
             f"{path}: not a valid shard manifest ({e!r}); re-run `lrt-pipeline tokenize`"
         ) from e
+
+
+def shard_set_hash(manifest: dict[str, Any]) -> str:
+    """sha256 over the manifest's shard list (split, file, sha256) and tokenizer hash: equal
+    exactly when two folders hold the same shards."""
+    entries = [
+        [split, e.get("file"), e.get("sha256")]
+        for split in ("train", "val")
+        for e in (manifest.get("splits") or {}).get(split, [])
+    ]
+    ident = json.dumps([manifest.get("tokenizer_hash"), entries])
+    return hashlib.sha256(ident.encode()).hexdigest()
 
 
 def read_shard(path: str | Path) -> tuple[ShardHeader, np.ndarray]:

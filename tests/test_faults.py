@@ -375,7 +375,16 @@ EVAL_SETTINGS = [
 
 @pytest.mark.slow
 def test_eval_is_staged_and_refuses_a_model_of_other_data(base: Path, tmp_path: Path) -> None:
+    import json
+
+    import torch
+
     project = _copy(base, tmp_path)
+    # Provenance: the model records the shard set that tokenize's stats.json names.
+    stats = json.loads((project / "data/tokens/stats.json").read_text())
+    recorded = torch.load(project / "runs/lrt/model.pt", weights_only=True)["provenance"]
+    assert recorded["shards_hash"] == stats["shards_hash"]
+    assert recorded["tokenizer_hash"] == stats["tokenizer_hash"]
     args = ["eval", "--variant", "lrt", *[x for o in EVAL_SETTINGS for x in ("--set", o)]]
     result = cli(project, *args)
     assert result.returncode == 0, result.stderr
