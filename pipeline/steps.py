@@ -432,11 +432,17 @@ def _pack_raw(settings: Settings, tokenizer: Any, out: Path, **part_args: Any) -
 
 
 def _data_stats(manifest: Any) -> dict[str, Any]:
-    from pipeline.shards import MANIFEST_NAME, shard_set_hash
+    from pipeline.shards import shard_set_hash
 
-    raw = json.loads((Path(manifest.root) / MANIFEST_NAME).read_text(encoding="utf-8"))
+    listed = {
+        "tokenizer_hash": manifest.tokenizer_hash,
+        "splits": {
+            split: [{"file": e.file, "sha256": e.sha256} for e in entries]
+            for split, entries in manifest.splits.items()
+        },
+    }
     return {
-        "shards_hash": shard_set_hash(raw),  # what models trained on these shards record
+        "shards_hash": shard_set_hash(listed),  # what models trained on these shards record
         "documents": manifest.documents,
         "tokens": manifest.total_tokens,
         "train_tokens": manifest.split_tokens("train"),
