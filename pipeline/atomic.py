@@ -24,6 +24,8 @@ Guarantees (docs/RELIABILITY.md, tests/test_atomic.py, tests/test_faults.py):
   `NAME -> .NAME.old-TAG`, `staging -> NAME`. A crash between them leaves no `NAME` but an
   `.old-` copy, which the next `output_dir` on that folder renames back before anything else
   (recovery never deletes data: it rolls back to the previous output).
+* **Symlinks.** A folder that is a symlink (tokens on another disk) is resolved first: the
+  staging folder, the lock and the swap are beside its target, and the link keeps working.
 * **Leftovers** of killed runs are recognisable by name (`.NAME.new-*`, `.NAME.old-*`,
   `.NAME.partial`) and removed by the next run on that folder, under the lock. They hold only
   what the stage wrote plus hard links of the carried files, so removing them loses nothing.
@@ -91,7 +93,7 @@ def locked(folder: str | Path) -> Iterator[None]:
     Raises:
         OutputLockedError: a live process holds it; the message names it (pid, host, start).
     """
-    folder = Path(folder).absolute()
+    folder = Path(os.path.realpath(folder))
     folder.parent.mkdir(parents=True, exist_ok=True)
     path = _lock_path(folder)
     key = str(path)
@@ -187,7 +189,7 @@ def swap_dirs(staging: Path, folder: Path, *, old: Path) -> None:
 
 def leftovers(folder: str | Path) -> list[Path]:
     """Temp folders a killed run left beside `folder` (`.NAME.new-*`, `.old-*`, `.partial`)."""
-    folder = Path(folder).absolute()
+    folder = Path(os.path.realpath(folder))
     if not folder.parent.is_dir():
         return []
     prefix = f".{folder.name}."
@@ -237,7 +239,7 @@ def _stage_name(folder: Path, tag: str) -> Path:
 def partial_dir(folder: str | Path) -> Path:
     """Where `output_dir(folder, partial=True)` stages (other DDP ranks read checkpoints
     there; they write nothing)."""
-    return _stage_name(Path(folder).absolute(), "partial")
+    return _stage_name(Path(os.path.realpath(folder)), "partial")
 
 
 @contextlib.contextmanager
@@ -263,7 +265,7 @@ def output_dir(
     Yields:
         The staging folder (empty except for carried files, or the reused partial).
     """
-    folder = Path(folder).absolute()
+    folder = Path(os.path.realpath(folder))
     with locked(folder):
         _recover(folder)
         reuse = _stage_name(folder, "partial") if partial and resume else None

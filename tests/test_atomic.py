@@ -147,3 +147,16 @@ def test_partial_staging_survives_failure_and_is_resumed(tmp_path: Path) -> None
     with output_dir(folder, owned=lambda n: True, partial=True) as staging:  # fresh run
         assert list(staging.iterdir()) == []
     assert list(folder.iterdir()) == []
+
+
+def test_a_symlinked_output_folder_stays_a_symlink(tmp_path: Path) -> None:
+    target = tmp_path / "disk2" / "tokens"
+    _fill(target)
+    link = tmp_path / "tokens"
+    link.symlink_to(target)
+    with output_dir(link, owned=_ours) as staging:
+        assert staging.parent.parent == target.parent  # staged beside the real folder
+        (staging / "manifest.json").write_text("new")
+    assert link.is_symlink() and (link / "manifest.json").read_text() == "new"
+    assert (link / "notes.txt").read_text() == "the user's"
+    assert leftovers(target) == []
