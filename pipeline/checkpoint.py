@@ -316,6 +316,7 @@ def data_provenance(data_dir: str | Path, tokenizer_hash: str | None = None) -> 
     """What a model trained on `data_dir` records: the tokenizer hash (`tokenizer_hash`, else
     the manifest's), the shard-set hash and the folder."""
     from pipeline.shards import shard_set_hash  # lazy: needs the extension
+
     path = Path(data_dir) / "manifest.json"
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
