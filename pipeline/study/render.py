@@ -203,19 +203,23 @@ def sections(result: dict[str, Any]) -> list[Section]:
     rows = []
     for a in result["arms"]:
         if not a.get("available"):
-            rows.append([a["name"], a["label"], a.get("reason", "not run"), NA, NA, NA, NA])
+            rows.append([a["name"], a["label"], a.get("reason", "not run"), *[NA] * 5])
             continue
         if not a.get("metrics"):
-            rows.append([a["name"], a["label"], "no finished cell", NA, NA, NA, NA])
+            rows.append([a["name"], a["label"], "no finished cell", *[NA] * 5])
             continue
         rows.append([
             a["name"], a["label"], "ran",
             str(a["steps"]), str(a["tokens"]), str(int(a["params"]["total"])),
-            _f(a.get("flops_ratio"), 2),
+            _f(a.get("flops_ratio"), 2), _f((a.get("seconds") or {}).get("mean"), 0),
         ])  # fmt: skip
     out.append(Section(
-        "Arms", "FLOPs ratio = training FLOPs per token over the baseline's (lrt.accounting).",
-        ["arm", "what", "status", "steps", "tokens", "params", "FLOPs/token ratio"], rows,
+        "Arms",
+        "FLOPs ratio = training FLOPs per token over the baseline's (lrt.accounting; "
+        "sequential is one pass of matmuls per token, cheap in FLOPs but T serial steps). "
+        "Train s = mean wall-clock training seconds per cell on this machine (shared, noisy).",
+        ["arm", "what", "status", "steps", "tokens", "params", "FLOPs/token ratio",
+         "train s"], rows,
     ))  # fmt: skip
     rows = []
     for a in _ran(result):

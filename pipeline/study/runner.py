@@ -28,7 +28,8 @@ from typing import Any
 
 import torch
 
-from lrt.accounting import matched_tokens
+from lrt.accounting import flops_per_token, matched_tokens
+from lrt.config import LRTConfig, StrategyConfig
 from pipeline import tracking
 from pipeline.checkpoint import atomic_write_text
 from pipeline.study.arms import (
@@ -92,14 +93,19 @@ def cell_steps(arm: Arm, arms: Sequence[Arm], scale: Scale, base: dict[str, Any]
     return max(1, round(base_tokens / (scale.batch_size * scale.seq_len)))
 
 
-def cell_key(arm: Arm, seed: int, steps: int, ctx: CellContext) -> str:
+def cell_key(arm: Arm, seed: int, steps: int, ctx: CellContext, *, legacy: bool = False) -> str:
+    """Hash of what determines a cell. The number of seeds is not part of it (more seeds
+    reuse the cells of the first ones); `legacy` gives the key of builds that hashed it."""
+    scale = ctx.scale.to_dict()
+    if not legacy:
+        scale.pop("seeds")
     blob = {
         "model": arm.model,
         "strategy": arm.strategy,
         "steps": steps,
         "seed": seed,
         "probes": cell_probes(arm),
-        "scale": ctx.scale.to_dict(),
+        "scale": scale,
         "data": ctx.data.recipe.get("key"),
         "train": ctx.train.model_dump(),
         "device_kind": ctx.device.type,
@@ -169,6 +175,9 @@ def run_cells(
             steps = cell_steps(arm, todo, ctx.scale, base)
             key = cell_key(arm, seed, steps, ctx)
             path = cells_dir / f"{key}.json"
+            legacy = cells_dir / f"{cell_key(arm, seed, steps, ctx, legacy=True)}.json"
+            if not path.is_file() and legacy.is_file():
+                path = legacy
             cached = path.is_file()
             done += 1
             if cached:
@@ -263,6 +272,11 @@ def _diag_summary(records: dict[int, dict[str, Any]], probe: str) -> list[dict[s
     return out
 
 
+def _fpt(rec: dict[str, Any]) -> float:
+    strategy = {k: v for k, v in rec["strategy"].items() if k != "loss_weights"}
+    return flops_per_token(LRTConfig(**rec["model"]), StrategyConfig(**strategy))
+
+
 def aggregate(
     kind: str,
     arms: Sequence[Arm],
@@ -287,14 +301,17 @@ def aggregate(
         if any_rec is None:
             out_arms.append(entry)
             continue
-        base_fpt = next(iter(base_recs.values()), {}).get("flops_per_token")
+        # FLOPs from this build's accounting (not the cell's record, which an older build
+        # may have written), so every arm of one table is counted alike
+        fpt = _fpt(any_rec)
+        base_fpt = _fpt(next(iter(base_recs.values()))) if base_recs else None
         entry.update(
             steps=any_rec["steps"],
             tokens=any_rec["tokens"],
             params=any_rec["params"],
-            flops_per_token=any_rec["flops_per_token"],
-            flops_ratio=any_rec["flops_per_token"] / base_fpt if base_fpt else None,
-            effective_compute=any_rec["effective_compute"],
+            flops_per_token=fpt,
+            flops_ratio=fpt / base_fpt if base_fpt else None,
+            effective_compute=fpt * any_rec["tokens"],
             seconds=summary([r["seconds"]["train"] for r in recs.values()]),
         )
         entry["metrics"] = {
