@@ -1,10 +1,11 @@
 """One cell of a study: train one arm with one seed, measure it at fixed weights, evaluate it.
 
 A compact loop of its own (the pipeline's `train` has no hook for measurements at fixed weights
-mid-run): nanochat's optimizer recipe (`lrt.optim.build_optimizer` with the pipeline's default
-learning rates), its LR/momentum schedules, the Rust loader over the study's shards. Seed s fixes
+mid-run): nanochat's optimizer recipe (`lrt.optim.build_optimizer`), its LR/momentum schedules, the Rust loader over the study's shards. Seed s fixes
 the initialisation (`torch.manual_seed(s)`) and the data order (loader seed s), the same in every
 arm, so differences between arms are paired by seed.
+
+Optimizer settings are the study's own (`StudyOptim`).
 
 Evaluation, all through `pipeline.evaluation`: validation BPB scored by exact sequential
 decoding (and in the mode training optimises, for the train/test gap), per-position BPB, the
@@ -32,7 +33,6 @@ from pipeline.evaluation.bpb import evaluate_bpb, lrt_loss_fns
 from pipeline.evaluation.core import core_metrics, evaluate_core, load_tasks, lrt_scorer
 from pipeline.evaluation.icl import evaluate_synthetic, in_context_gain
 from pipeline.loader import DataLoader, validation_loader
-from pipeline.sections import TrainSettings
 from pipeline.study.arms import Arm, model_config, strategy_config
 from pipeline.study.data import PreparedData
 from pipeline.study.measure import exact_gradients, exact_source, gradient_cosine, state_gap
@@ -96,6 +96,26 @@ QUICK = Scale(
 SCALES = {"full": FULL, "quick": QUICK}
 
 
+@dataclass(frozen=True)
+class StudyOptim:
+    """The study's optimizer and schedule, pinned here (not the pipeline's `train.*`
+    defaults, which may change) so a study's cells mean the same thing across builds. Values:
+    the pipeline's defaults when the published study ran."""
+
+    matrix_lr: float = 0.02
+    embedding_lr: float = 0.2
+    unembedding_lr: float = 0.004
+    scalar_lr: float = 0.02
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    warmup_ratio: float = 0.0
+    warmdown_ratio: float = 0.2
+    final_lr_frac: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 @dataclass
 class CellContext:
     """What every cell of a run shares."""
@@ -104,7 +124,7 @@ class CellContext:
     data: PreparedData
     device: torch.device
     core_dir: Path | None
-    train: TrainSettings = field(default_factory=TrainSettings)
+    optim: StudyOptim = field(default_factory=StudyOptim)
     say: Callable[[str], None] = print
 
 
@@ -238,7 +258,7 @@ def run_cell(
     with a pathway are measured.
     """
     probes = list(probe_strategies(ctx.scale)) if probes is None else probes
-    scale, ts = ctx.scale, ctx.train
+    scale, ts = ctx.scale, ctx.optim
     cfg = model_config(arm, scale.base_model(ctx.data.tokenizer.vocab_size))
     strategy = strategy_config(arm)
     torch.manual_seed(seed)
@@ -296,6 +316,7 @@ def run_cell(
         "diagnostics": diagnostics,
         "metrics": metrics,
         "seconds": {"train": train_s, "measure": measure_s, "eval": eval_s},
+        "optim": ts.to_dict(),
         "device": str(ctx.device),
     }
     return _finite(record)

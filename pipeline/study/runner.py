@@ -93,12 +93,11 @@ def cell_steps(arm: Arm, arms: Sequence[Arm], scale: Scale, base: dict[str, Any]
     return max(1, round(base_tokens / (scale.batch_size * scale.seq_len)))
 
 
-def cell_key(arm: Arm, seed: int, steps: int, ctx: CellContext, *, legacy: bool = False) -> str:
-    """Hash of what determines a cell. The number of seeds is not part of it (more seeds
-    reuse the cells of the first ones); `legacy` gives the key of builds that hashed it."""
+def cell_key(arm: Arm, seed: int, steps: int, ctx: CellContext) -> str:
+    """Hash of what determines a cell (the number of seeds is not part of it, so more seeds
+    reuse the cells of the first ones)."""
     scale = ctx.scale.to_dict()
-    if not legacy:
-        scale.pop("seeds")
+    scale.pop("seeds")
     blob = {
         "model": arm.model,
         "strategy": arm.strategy,
@@ -107,7 +106,7 @@ def cell_key(arm: Arm, seed: int, steps: int, ctx: CellContext, *, legacy: bool 
         "probes": cell_probes(arm),
         "scale": scale,
         "data": ctx.data.recipe.get("key"),
-        "train": ctx.train.model_dump(),
+        "optim": ctx.optim.to_dict(),
         "device_kind": ctx.device.type,
     }
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:20]
@@ -175,9 +174,6 @@ def run_cells(
             steps = cell_steps(arm, todo, ctx.scale, base)
             key = cell_key(arm, seed, steps, ctx)
             path = cells_dir / f"{key}.json"
-            legacy = cells_dir / f"{cell_key(arm, seed, steps, ctx, legacy=True)}.json"
-            if not path.is_file() and legacy.is_file():
-                path = legacy
             cached = path.is_file()
             done += 1
             if cached:
