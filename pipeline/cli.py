@@ -27,7 +27,7 @@ import click
 
 from pipeline.settings import DEFAULT_CONFIG, Settings, SettingsError, load_settings
 
-BENCHMARKS = ("tokenizer", "loader", "step", "ops")
+BENCHMARKS = ("tokenizer", "loader", "step", "ops", "core_sequential", "download")
 
 
 class _UserError(click.ClickException):
@@ -156,20 +156,6 @@ _VARIANT = click.option(
 )
 
 
-@main.command()
-@with_settings
-def download(settings: Settings) -> None:
-    """Fetch or assemble the raw corpus (data.source) into data.raw_dir."""
-    from pipeline import steps
-
-    with _invocation(settings, "download"):
-        manifest = steps.download(settings)
-    click.echo(
-        f"{manifest['documents']} documents, {manifest['bytes']:,} bytes in "
-        f"{len(manifest['files'])} file(s) -> {settings.data.raw_dir}"
-    )
-
-
 def _parse_part(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
     if value is None:
         return None
@@ -179,6 +165,29 @@ def _parse_part(ctx: click.Context, param: click.Parameter, value: str | None) -
         return PartSpec.parse(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+
+
+@main.command()
+@click.option(
+    "--part",
+    metavar="I/N",
+    callback=_parse_part,
+    help="Sharded sources: fetch only training shards I-1, I-1+N, ... (1-based; part 1 also "
+    "fetches the validation shard) into data.raw_dir in place, no manifest; parts may share "
+    "the folder. Then one `download` without --part links them and writes the manifest.",
+)
+@with_settings
+def download(settings: Settings, part: Any) -> None:
+    """Fetch or assemble the raw corpus (data.source) into data.raw_dir."""
+    from pipeline import steps
+
+    with _invocation(settings, "download"):
+        manifest = steps.download(settings, part=part)
+    prefix = f"part {part}: " if part is not None else ""
+    click.echo(
+        f"{prefix}{manifest['documents']} documents, {manifest['bytes']:,} bytes in "
+        f"{len(manifest['files'])} file(s) -> {settings.data.raw_dir}"
+    )
 
 
 @main.command()
@@ -255,12 +264,15 @@ def train(settings: Settings, variants: tuple[str, ...], resume: bool) -> None:
 def eval_(settings: Settings, variants: tuple[str, ...]) -> None:
     """Evaluate trained variants (BPB in every mode, CORE, ICL probes, samples)."""
     from pipeline import steps
+    from pipeline.report_data import summary_table
 
     names = _variants(settings, variants)
+    results: dict[str, Any] = {}
     with _invocation(settings, "eval"):
         for name in names:
-            metrics = steps.evaluate(settings, name)
+            results[name] = metrics = steps.evaluate(settings, name)
             click.echo(f"{name}: {_summary(metrics)}")
+    click.echo(summary_table(results))
 
 
 @main.command()
@@ -279,10 +291,12 @@ def report(settings: Settings) -> None:
 def run(settings: Settings, variants: tuple[str, ...]) -> None:
     """Run every stage in order (no DVC caching), all variants, under one MLflow parent run."""
     from pipeline import steps
+    from pipeline.report_data import summary_table
 
     result = steps.run_all(settings, variants=_variants(settings, variants))
     for name, metrics in result["eval"].items():
         click.echo(f"{name}: {_summary(metrics)}")
+    click.echo(summary_table(result["eval"]))
     click.echo(f"report: {result['report']}")
 
 
@@ -445,13 +459,22 @@ def _parse_options(options: Sequence[str]) -> dict[str, Any]:
 )
 @with_settings
 def bench(settings: Settings, name: str, options: tuple[str, ...], out: str | None) -> None:
-    """Run a benchmark (pipeline.benchmarks.NAME.run) and print its JSON result."""
+    """Run a benchmark (pipeline.benchmarks.NAME.run) and print its JSON result.
+
+    Benchmarks with a command line only (core_sequential, download) get each --opt KEY=VALUE
+    as `--KEY VALUE` (a list value: one argument per item; true: the bare flag) and print
+    their own text; --out goes to the ones that take it.
+    """
     try:
         module = importlib.import_module(f"pipeline.benchmarks.{name}")
     except ModuleNotFoundError as exc:
         raise _UserError(f"benchmark {name!r} is not available: {exc}") from None
     kwargs = _parse_options(options)
-    accepted = inspect.signature(module.run).parameters
+    run_fn = getattr(module, "run", None)
+    if run_fn is None or list(inspect.signature(run_fn).parameters) == ["args"]:
+        _bench_main(module, name, kwargs, out)
+        return
+    accepted = inspect.signature(run_fn).parameters
     if "settings" in accepted and "settings" not in kwargs:
         kwargs["settings"] = settings
     unknown = (
@@ -463,10 +486,43 @@ def bench(settings: Settings, name: str, options: tuple[str, ...], out: str | No
         raise _UserError(
             f"benchmark {name!r} takes no option(s) {unknown}; it takes {list(accepted)}"
         )
-    result = module.run(**kwargs)
+    result = run_fn(**kwargs)
     _echo_json(result)
     if out:
         Path(out).write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
+
+
+def _bench_argv(options: dict[str, Any]) -> list[str]:
+    """--opt values as an argparse command line: {"budget_mb": 64} -> ["--budget-mb", "64"]."""
+    argv: list[str] = []
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            argv.append(flag)
+        elif value is False:
+            argv.append("--no-" + key.replace("_", "-"))
+        elif isinstance(value, list):
+            argv += [flag, *(str(v) for v in value)]
+        else:
+            argv += [flag, str(value)]
+    return argv
+
+
+def _bench_main(module: Any, name: str, options: dict[str, Any], out: str | None) -> None:
+    argv = _bench_argv(options)
+    if out:
+        argv += ["--out", out]
+    try:
+        status = module.main(argv)
+    except SystemExit as exc:  # argparse: unknown option (its usage line is already printed)
+        if exc.code in (0, None):
+            return
+        raise _UserError(
+            f"benchmark {name!r} rejected {' '.join(argv)}; see "
+            f"`python -m pipeline.benchmarks.{name} --help`"
+        ) from None
+    if isinstance(status, int) and status != 0:
+        raise click.exceptions.Exit(status)
 
 
 @main.command()
@@ -485,17 +541,93 @@ def bench(settings: Settings, name: str, options: tuple[str, ...], out: str | No
     metavar="NAME",
     help="Method or variant name (repeatable).",
 )
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the result as JSON (the equal-compute table and the run count) instead.",
+)
 @with_settings
-def sweep(settings: Settings, budgets: tuple[float, ...], methods: tuple[str, ...]) -> None:
-    """Train and evaluate methods over token budgets; compare at equal effective compute."""
+def sweep(
+    settings: Settings, budgets: tuple[float, ...], methods: tuple[str, ...], as_json: bool
+) -> None:
+    """Train and evaluate methods over token budgets; compare at equal effective compute.
+
+    Prints the runs and the equal-compute table as Markdown (--json: as JSON)."""
     try:
-        from pipeline.sweep import run_sweep
+        from pipeline.sweep import run_sweep, sweep_markdown
     except ImportError as exc:
         raise _UserError(f"sweep is not available: {exc}") from None
     result = run_sweep(settings, budgets=list(budgets) or None, methods=list(methods) or None)
-    _echo_json(
-        {k: v for k, v in result.items() if k != "runs"} | {"runs": len(result.get("runs", []))}
-    )
+    if as_json:
+        _echo_json(
+            {k: v for k, v in result.items() if k != "runs"} | {"runs": len(result.get("runs", []))}
+        )
+        return
+    click.echo(sweep_markdown(result))
+
+
+# ---------------------------------------------------------------------------------------------
+# Eval bundle, nanochat interop, studies
+# ---------------------------------------------------------------------------------------------
+
+
+@main.command(name="eval-bundle")
+@with_settings
+def eval_bundle(settings: Settings) -> None:
+    """Fetch nanochat's CORE eval bundle (eval.bundle_url) into data/eval_bundle.
+
+    Offline, the folder holds only a status.json saying why; eval then skips CORE with that
+    sentence. `dvc repro` runs the same as its `eval_bundle` stage.
+    """
+    from pipeline import steps
+
+    with _invocation(settings, "eval-bundle"):
+        status = steps.eval_bundle(settings)
+    click.echo(status["message"])
+
+
+def _runs_dir(settings: Settings, runs_dir: str | None) -> str:
+    return runs_dir if runs_dir is not None else settings.train.out_dir
+
+
+@main.command(name="import-nanochat")
+@click.argument("checkpoint_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--variant", required=True, help="Run name: writes RUNS_DIR/VARIANT/model.pt.")
+@click.option("--step", type=int, default=None, help="Checkpoint step (default: the last).")
+@click.option("--runs-dir", default=None, help="Runs folder (default: train.out_dir).")
+@with_settings
+def import_nanochat(
+    settings: Settings, checkpoint_dir: Path, variant: str, step: int | None, runs_dir: str | None
+) -> None:
+    """Import a nanochat / authors'-fork checkpoint folder as a run (eval/generate/report)."""
+    from pipeline.nanochat_io import import_nanochat as run_import
+
+    path = run_import(checkpoint_dir, variant, step=step, runs_dir=_runs_dir(settings, runs_dir))
+    click.echo(f"wrote {path}")
+
+
+@main.command(name="export-nanochat")
+@click.option("--variant", required=True, help="Run whose RUNS_DIR/VARIANT/model.pt to export.")
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--runs-dir", default=None, help="Runs folder (default: train.out_dir).")
+@with_settings
+def export_nanochat(settings: Settings, variant: str, out_dir: Path, runs_dir: str | None) -> None:
+    """Write a run's model as a nanochat checkpoint folder (model_<step>.pt, meta_<step>.json)."""
+    from pipeline.nanochat_io import export_nanochat as run_export
+
+    model_path, meta_path = run_export(variant, out_dir, runs_dir=_runs_dir(settings, runs_dir))
+    click.echo(f"wrote {model_path} and {meta_path}")
+
+
+def _register_study() -> None:
+    # pipeline.study imports only click at its top (torch and the rest inside the commands)
+    from pipeline.study import study
+
+    main.add_command(study, name="study")
+
+
+_register_study()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,9 +1,10 @@
-"""Raw-data sources for the `download` stage: builtin (offline), fineweb-edu (HTTPS), files.
+"""Raw-data sources for the `download` stage: builtin (offline), sharded datasets (fineweb-edu,
+climbmix, parquet-url: `pipeline.data_sources`), files.
 
 Every source leaves the same thing in `data.raw_dir`: parquet files with one `text` column (one
 row per document) and `manifest.json` listing each file's size, sha256, document count and split.
-fineweb-edu keeps its shards as published; the last one fetched is the validation split, as in
-nanochat. builtin and files write `documents_NNNNN.parquet`; their validation split is carved out
+Sharded datasets keep their shards as published; the pinned validation shard (the dataset's
+final one unless `data.val_shard`) is the validation split, as in nanochat. builtin and files write `documents_NNNNN.parquet`; their validation split is carved out
 at tokenize time (`tokenizer.val_fraction`).
 
 Example:
@@ -12,7 +13,7 @@ Example:
     >>> manifest["documents"] > 0
     True
 
-fineweb-edu downloads are resumable: bytes go to `NAME.part`, a retry asks for the rest with an
+Remote downloads are resumable: bytes go to `NAME.part`, a retry asks for the rest with an
 HTTP Range header, the result must match the Content-Length/Content-Range total, and the parquet
 footer must parse (a corrupt file is deleted and fetched once more). Nothing else touches the
 network.
@@ -80,39 +81,117 @@ class DownloadError(OSError):
 # ---------------------------------------------------------------------------------------------
 
 
-def download(settings: DataSettings, *, backoff_s: float = 1.0) -> dict[str, Any]:
+def download(
+    settings: DataSettings,
+    *,
+    backoff_s: float = 1.0,
+    run: Any | None = None,
+    part: tuple[int, int] | None = None,
+) -> dict[str, Any]:
     """Materialise the configured source in `settings.raw_dir` and return its manifest.
 
     Args:
         settings: The `data` section.
         backoff_s: First retry delay for remote files (doubles per retry).
+        run: The full settings (for `data.num_shards: auto`, which sizes the download from the
+            train, model and tokenizer sections).
+        part: (i, n), sharded sources only: fetch training shards i-1, i-1+n, ... (part 1 also
+            the validation shard) straight into `raw_dir`, without staging or manifest (see
+            `_download_part`); a plain download afterwards writes the manifest.
 
     Raises:
         DownloadError: a remote shard failed after `settings.retries` retries.
         FileNotFoundError: a `files` path does not exist.
+        OutputLockedError: another download writes the folder (a part, or a plain download).
     """
+    from pipeline import data_sources
     from pipeline.atomic import output_dir
 
-    fineweb = settings.source == "fineweb-edu"
+    sharded = settings.source in data_sources.SOURCES
+    if part is not None:
+        if not sharded:
+            raise ValueError(
+                f"download --part splits sharded sources ({', '.join(data_sources.SOURCES)}); "
+                f"data.source={settings.source} is one run: drop --part"
+            )
+        return _download_part(settings, part, run=run, backoff_s=backoff_s)
     # The whole folder (parts + manifest) is written beside the old one and swapped in after
-    # success. fineweb-edu stages in the fixed `.raw.partial` so that a killed download's
-    # finished shards and `.part` files are resumed by the next run; its valid shards already
-    # in the folder are carried over (hard links) and not fetched again.
+    # success. Sharded sources stage in the fixed `.raw.partial` so that a killed download's
+    # finished shards and `.part` files are resumed by the next run; valid shards already in
+    # the folder (an earlier run's, or `download --part` runs') are carried over (hard links)
+    # and not fetched again.
     staged = output_dir(
         settings.raw_dir,
         owned=_raw_ours,
-        keep=(lambda name: _SHARD.match(name) is not None) if fineweb else (lambda name: False),
-        partial=fineweb,
-        resume=fineweb,
+        keep=(lambda name: _SHARD.match(name) is not None) if sharded else (lambda name: False),
+        partial=sharded,
+        resume=sharded,
     )
     with staged as raw_dir:
-        manifest = _download_into(settings, raw_dir, backoff_s=backoff_s)
+        if sharded:
+            _refuse_running_parts(Path(settings.raw_dir))
+        manifest = _download_into(settings, raw_dir, backoff_s=backoff_s, run=run)
     return manifest
+
+
+def _part_lock_folder(raw_dir: Path, part: tuple[int, int]) -> Path:
+    """The name whose lock (`.RAW.partIofN.lock` beside the folder) one part run holds."""
+    return raw_dir.parent / f"{raw_dir.name}.part{part[0]}of{part[1]}"
+
+
+def _refuse_running_parts(raw_dir: Path) -> None:
+    """With the folder lock held: fail when a `download --part` run still writes the folder."""
+    from pipeline.atomic import locked
+
+    folder = Path(os.path.realpath(raw_dir))
+    pattern = re.compile(rf"^\.{re.escape(folder.name)}\.part\d+of\d+\.lock$")
+    if not folder.parent.is_dir():
+        return
+    for lock in sorted(folder.parent.iterdir()):
+        if pattern.match(lock.name):
+            with locked(folder.parent / lock.name[1 : -len(".lock")]):
+                pass  # OutputLockedError (naming the part's process) while it runs
+
+
+def _download_part(
+    settings: DataSettings, part: tuple[int, int], *, run: Any | None, backoff_s: float
+) -> dict[str, Any]:
+    """`download --part i/n`: this part's shards straight into `raw_dir`, no manifest.
+
+    Parts may run at once on one folder (one machine, or a shared file system), so none takes
+    the folder's own lock or swaps it: each holds the lock of its own part (the same part twice
+    is refused), checks that no plain download holds the folder, and writes shards the way
+    every download does, a verified `NAME.tmp` renamed into place (a killed part leaves only
+    temps, resumed by the next run). The folder's manifest.json is left as it was: once every
+    part is done, a plain `download` (same settings, no --part) links the shards, fetches any
+    that are missing and writes the manifest. Returns the part's manifest (not written).
+    """
+    from pipeline import data_sources
+    from pipeline.atomic import locked
+
+    raw_dir = Path(os.path.realpath(settings.raw_dir))
+    with locked(_part_lock_folder(raw_dir, part)):
+        with locked(raw_dir):  # taken and released: no plain download writes the folder now
+            pass
+        raw_dir.mkdir(parents=True, exist_ok=True)
+        result = data_sources.download_dataset(
+            settings, raw_dir, settings=run, part=part, backoff_s=backoff_s
+        )
+    entries = result.entries
+    return {
+        "version": MANIFEST_VERSION,
+        "source": settings.source,
+        "files": entries,
+        "documents": sum(e["documents"] for e in entries),
+        "bytes": sum(e["bytes"] for e in entries),
+        "text_bytes": sum(e.get("text_bytes", 0) for e in entries),
+        **result.manifest_extra,
+    }
 
 
 # What `download` writes in its folder; everything else there is the user's and is kept.
 _RAW_OURS = re.compile(
-    r"^(documents_\d+\.parquet|shard_\d+\.parquet|manifest\.json)(\.tmp|\.part)?$"
+    r"^(documents_\d+\.parquet|shard_\d+\.parquet|manifest\.json)(\.tmp|\.part|\.tmp\.part)?$"
 )
 _SHARD = re.compile(r"^shard_\d+\.parquet$")
 
@@ -121,9 +200,22 @@ def _raw_ours(name: str) -> bool:
     return _RAW_OURS.match(name) is not None
 
 
-def _download_into(settings: DataSettings, raw_dir: Path, *, backoff_s: float) -> dict[str, Any]:
-    if settings.source == "fineweb-edu":
-        entries = _download_fineweb(settings, raw_dir, backoff_s=backoff_s)
+def _download_into(
+    settings: DataSettings, raw_dir: Path, *, backoff_s: float, run: Any | None = None
+) -> dict[str, Any]:
+    from pipeline import data_sources
+
+    extra: dict[str, Any] = {}
+    if settings.source in data_sources.SOURCES:
+        result = data_sources.download_dataset(
+            settings,
+            raw_dir,
+            settings=run,
+            backoff_s=backoff_s,
+            # a resumed `.raw.partial` predates shards that `--part` runs added to the folder
+            reuse_dirs=[Path(os.path.realpath(settings.raw_dir))],
+        )
+        entries, extra = result.entries, result.manifest_extra
     else:
         if settings.source == "builtin":
             docs = builtin_documents(settings.max_bytes)
@@ -145,6 +237,7 @@ def _download_into(settings: DataSettings, raw_dir: Path, *, backoff_s: float) -
         "documents": sum(e["documents"] for e in entries),
         "bytes": sum(e["bytes"] for e in entries),
         "text_bytes": sum(e.get("text_bytes", 0) for e in entries),
+        **extra,
     }
     _remove_stale(raw_dir, {e["name"] for e in entries})
     _write_json_atomic(raw_dir / MANIFEST, manifest)
@@ -501,57 +594,8 @@ def _write_documents(docs: Iterable[str], raw_dir: Path) -> list[dict[str, Any]]
 
 
 # ---------------------------------------------------------------------------------------------
-# fineweb-edu: resumable, verified HTTPS download
+# Resumable, verified HTTP(S) download of one file (sharded datasets: pipeline.data_sources)
 # ---------------------------------------------------------------------------------------------
-
-
-def _download_fineweb(
-    settings: DataSettings, raw_dir: Path, *, backoff_s: float
-) -> list[dict[str, Any]]:
-    entries = []
-    count = settings.num_shards + 1  # the last one is the validation split
-    for index in range(count):
-        name = f"shard_{index:05d}.parquet"
-        url = f"{settings.base_url.rstrip('/')}/{name}"
-        dest = raw_dir / name
-        documents = _verified(dest)
-        if documents is None:
-            documents = _fetch_verified(url, dest, settings=settings, backoff_s=backoff_s)
-        else:
-            log.info("%s already present and valid", dest)
-        entries.append(
-            _file_entry(dest, documents=documents, split="val" if index == count - 1 else "train")
-        )
-    return entries
-
-
-def _fetch_verified(url: str, dest: Path, *, settings: DataSettings, backoff_s: float) -> int:
-    """Fetch `url` to `dest`; a file whose footer does not parse is deleted and fetched once more."""
-    for attempt in (1, 2):
-        fetch(
-            url, dest, retries=settings.retries, timeout_s=settings.timeout_s, backoff_s=backoff_s
-        )
-        documents = _verified(dest)
-        if documents is not None:
-            return documents
-        log.warning(
-            "%s is not a readable parquet file (attempt %d); fetching it again", dest, attempt
-        )
-        dest.unlink(missing_ok=True)
-    raise DownloadError(
-        f"{url}: downloaded file is not valid parquet twice; the source may be corrupt"
-    )
-
-
-def _verified(path: Path) -> int | None:
-    """Row count from the parquet footer, or None when the file is absent or unreadable."""
-    if not path.exists():
-        return None
-    try:
-        return int(pl.scan_parquet(path).select(pl.len()).collect().item())
-    except (Exception, pl.exceptions.PanicException):  # any parse failure means "fetch again"
-        return None
-
 
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 _RETRYABLE = (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError)

@@ -60,6 +60,7 @@ __all__ = [
     "STAGES",
     "STAGE_SECTIONS",
     "download",
+    "eval_bundle",
     "evaluate",
     "report",
     "run_all",
@@ -116,10 +117,21 @@ def _stage(settings: Settings, stage: str, variant: str | None = None) -> Iterat
 # ---------------------------------------------------------------------------------------------
 
 
-def download(settings: Settings) -> dict[str, Any]:
-    """Fetch or assemble the raw corpus into `data.raw_dir`; returns its manifest."""
+def download(settings: Settings, part: PartSpec | None = None) -> dict[str, Any]:
+    """Fetch or assemble the raw corpus into `data.raw_dir`; returns its manifest.
+
+    `part` (sharded sources only: fineweb-edu, climbmix, parquet-url) fetches every N-th
+    training shard into `data.raw_dir` in place and returns the part's manifest without writing
+    it; one plain `download` afterwards links the parts' shards and writes manifest.json."""
     with _stage(settings, "download"):
-        manifest = sources.download(settings.data)
+        manifest = sources.download(
+            settings.data,
+            run=settings,
+            part=None if part is None else (part.index, part.count),
+        )
+        if part is not None:
+            tracking.log_metrics({"raw/files": len(manifest["files"])})
+            return manifest
         tracking.log_metrics(
             {
                 "raw/documents": manifest["documents"],
@@ -210,6 +222,27 @@ def evaluate(settings: Settings, variant: str) -> dict[str, Any]:
         return evaluate_variant(staged, variant, tracker=tracking)
 
 
+def eval_bundle(settings: Settings) -> dict[str, Any]:
+    """nanochat's CORE eval bundle into `eval.bundle_dir` (default data/eval_bundle), as the
+    DVC stage `eval_bundle` does; offline the folder holds a status saying why (no error).
+
+    Raises:
+        EvalBundleError: an archive arrived but is not the expected bundle (URL or hash wrong).
+    """
+    from pipeline.eval_bundle import DEFAULT_DIR, prepare_bundle, settings_url
+
+    url = settings_url(settings)
+    out_dir = Path(getattr(settings.eval, "bundle_dir", None) or DEFAULT_DIR)
+    sha256 = getattr(settings.eval, "bundle_sha256", None)
+    params = {"eval.bundle_url": url, "eval.bundle_dir": str(out_dir)}
+    with _tracker(settings).stage("eval_bundle", params=params):
+        # the DVC stage's retries and timeout: offline, `run` must not wait minutes
+        status = prepare_bundle(out_dir, url, sha256=sha256, retries=2, timeout_s=30.0)
+        tracking.set_tags({"lrt.core_status": str(status.get("message", ""))[:5000]})
+        tracking.log_metrics({"core_tasks": status.get("tasks", 0)})
+    return status
+
+
 def report(settings: Settings) -> Path:
     """Build report.md / report.html in `report.out_dir`; returns the report path."""
     from pipeline.report import build_report
@@ -223,8 +256,8 @@ def report(settings: Settings) -> Path:
 def run_all(settings: Settings, *, variants: Iterable[str] | None = None) -> dict[str, Any]:
     """Every stage in order, every variant (or `variants`), under one MLflow parent run.
 
-    Returns {"download": manifest, "tokenize": stats, "train": {v: metrics}, "eval": {v: ...},
-    "report": path}."""
+    Returns {"download": manifest, "tokenize": stats, "eval_bundle": status,
+    "train": {v: metrics}, "eval": {v: ...}, "report": path}."""
     names = list(variants) if variants is not None else list(settings.train.variants)
     for name in names:
         variant_settings(settings, name)
@@ -232,6 +265,7 @@ def run_all(settings: Settings, *, variants: Iterable[str] | None = None) -> dic
     with _tracker(settings).pipeline("lrt-pipeline run"):
         result["download"] = download(settings)
         result["tokenize"] = tokenize(settings)
+        result["eval_bundle"] = eval_bundle(settings)
         for name in names:
             result["train"][name] = train(settings, name)
             result["eval"][name] = evaluate(settings, name)
