@@ -50,7 +50,6 @@ from pipeline.report_data import (  # noqa: F401 - re-exported: `pipeline.report
     headline_deltas,
     headline_metrics,
     interpolate_at,
-    load_runs,
     read_csv_columns,
     read_sweep,
     run_buckets,
@@ -67,6 +66,16 @@ from pipeline.report_plots import (  # noqa: F401 - re-exported
     plot_curves,
     plot_sweep,
 )
+
+
+def load_runs(runs_dir: str | Path, eval_dir: str | Path | None = None) -> list[RunData]:
+    """`pipeline.report_data.load_runs` without hidden subfolders: a failed or running train
+    or eval leaves its staging folder (`runs/.VARIANT.partial`, `.VARIANT.new-*`) in `runs/`,
+    which is not a variant."""
+    from pipeline import report_data
+
+    return [r for r in report_data.load_runs(runs_dir, eval_dir) if not r.name.startswith(".")]
+
 
 # ---------------------------------------------------------------------------------------------
 # Rendering

@@ -358,3 +358,19 @@ def test_summary_table() -> None:
     assert lines[2].split() == ["lrt", "1.3500", "1.2600", "–", "1.2500", "0.0100", "0.0200",
                                 "\u22120.0500"]  # fmt: skip
     assert lines[3].split()[1:] == ["–"] * 7
+
+
+def test_hidden_run_folders_are_not_variants(matched: Path) -> None:
+    """A failed train leaves `runs/.VARIANT.partial` (a staged copy with the same files):
+    neither load_runs nor the report may show it as a variant."""
+    import shutil
+
+    from pipeline.report import load_runs, render_report
+
+    runs = matched / "runs"
+    shutil.copytree(runs / "lrt", runs / ".lrt.partial")
+    shutil.copytree(runs / "lrt", runs / ".lrt.new-123-abcd")
+    assert [r.name for r in load_runs(runs)] == ["baseline", "baseline_2x", "lrt"]
+    render_report(runs, matched / "rep")
+    text = (matched / "rep" / "report.md").read_text(encoding="utf-8")
+    assert "lrt" in text and ".lrt.partial" not in text and ".lrt.new" not in text

@@ -62,8 +62,15 @@ def load_tokenizer(data_dir: str | Path) -> Any:
 
 
 def _device(setting: str) -> torch.device:
+    """'auto' -> cuda when available, else cpu; 'cuda' without CUDA is a one-line ValueError
+    (before the model or any data is read), as in training."""
     if setting == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if setting.split(":")[0] == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"train.device={setting} but this machine has no usable CUDA device "
+            "(torch.cuda.is_available() is False); use train.device=auto or cpu"
+        )
     return torch.device(setting)
 
 
