@@ -15,7 +15,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -27,6 +27,8 @@ MAX_LR = 100.0
 """Upper bounds that only catch typos (`depth=100000`, `matrix_lr=2e5`); memory is checked
 against the device when training starts (`train.max_memory_gb`)."""
 
+EVAL_BUNDLE_URL = "https://karpathy-public.s3.us-west-2.amazonaws.com/eval_bundle.zip"
+"""nanochat's eval bundle (its base_eval `EVAL_BUNDLE_URL`; pipeline.eval_bundle.DEFAULT_URL)."""
 FINEWEB_EDU_URL = "https://huggingface.co/datasets/karpathy/fineweb-edu-100b-shuffle/resolve/main"
 
 __all__ = [
@@ -67,29 +69,52 @@ class _Section(BaseModel):
 class DataSettings(_Section):
     """Where raw documents come from (stage `download`)."""
 
-    source: Literal["builtin", "fineweb-edu", "files"] = "builtin"
+    source: Literal["builtin", "fineweb-edu", "climbmix", "parquet-url", "files"] = "builtin"
     """`builtin`: the running Python's standard-library sources (offline, always present);
-    `fineweb-edu`: parquet shards of karpathy/fineweb-edu-100b-shuffle over HTTPS;
+    `fineweb-edu` / `climbmix`: parquet shards of karpathy/fineweb-edu-100b-shuffle /
+    karpathy/climbmix-400b-shuffle (docs/DATA.md); `parquet-url`: parquet shards at `base_url`;
     `files`: the local files listed in `paths`."""
     paths: list[str] = []
     """Local .txt / .jsonl / .jsonl.zst / .parquet files or folders (source `files` only)."""
-    base_url: str = FINEWEB_EDU_URL
-    """Base URL of the fineweb-edu parquet shards (`{base_url}/shard_00000.parquet`, ...)."""
-    num_shards: int = Field(1, ge=1, le=100_000)
-    """fineweb-edu: number of training shards to fetch; one more (the last) is validation."""
+    base_url: str | None = None
+    """Folder URL of the shards. None = the dataset's own (fineweb-edu, climbmix: the Hugging
+    Face hub through huggingface_hub); another URL (a mirror) is fetched with the plain HTTP
+    fetcher. Required for `parquet-url`."""
+    num_shards: Annotated[int, Field(ge=1, le=100_000)] | Literal["auto"] = 1
+    """Training shards to fetch, or `auto`: as many as the configured run consumes (tokens per
+    param x params x bytes per token / text bytes per shard; docs/DATA.md). The validation
+    shard is fetched in addition, whatever this is."""
+    val_shard: int | None = Field(None, ge=0)
+    """Validation shard index; None = the dataset's final shard (fineweb-edu 1822, climbmix
+    6542), as in the paper and nanochat."""
+    final_shard: int | None = Field(None, ge=0)
+    """`parquet-url`: index of the dataset's last shard."""
+    file_pattern: str = "shard_{index:05d}.parquet"
+    """`parquet-url`: shard file name, a `str.format` pattern with `{index}`."""
+    workers: int = Field(4, ge=1, le=64)
+    """Shards downloaded at once (threads)."""
+    reuse_dir: str | None = None
+    """A folder of already-downloaded shards (e.g. nanochat's ~/.cache/nanochat/base_data):
+    valid ones are hard-linked (or copied), never fetched again."""
+    hub: bool = True
+    """Use huggingface_hub (HF_TOKEN, HF_ENDPOINT, its cache) for datasets on the hub."""
+    hub_cache: str | None = None
+    """huggingface_hub cache folder; None = its default (HF_HUB_CACHE / HF_HOME)."""
     max_bytes: int | None = Field(4_000_000, ge=1)
     """Cap on raw corpus bytes for `builtin` and `files` (None = no cap)."""
     raw_dir: str = "data/raw"
     """Output folder: documents plus manifest.json."""
     retries: int = Field(4, ge=0, le=100)
-    """fineweb-edu: download retries per shard (exponential backoff)."""
+    """Remote shards: download retries per shard (exponential backoff)."""
     timeout_s: float = Field(60.0, gt=0, le=86_400)
-    """fineweb-edu: socket timeout in seconds."""
+    """Remote shards: socket timeout in seconds."""
 
     @model_validator(mode="after")
     def _files_need_paths(self) -> DataSettings:
         if self.source == "files" and not self.paths:
             raise ValueError("data.source=files needs data.paths (a list of files or folders)")
+        if self.source == "parquet-url" and (not self.base_url or self.final_shard is None):
+            raise ValueError("data.source=parquet-url needs data.base_url and data.final_shard")
         return self
 
 
@@ -124,10 +149,33 @@ class ModelSettings(_Section):
     """Model width; None = nanochat rule 64*depth rounded up to a multiple of 128."""
     n_head: int | None = Field(None, ge=1, le=1024)
     """Attention heads; None = n_embd // 128."""
+    n_kv_head: int | None = Field(None, ge=1, le=1024)
+    """Key/value heads (GQA: each serves n_head / n_kv_head query heads; must divide n_head);
+    None = n_head (plain multi-head attention)."""
     seq_len: int = Field(256, ge=2, le=1 << 20)
     """Training context length in tokens."""
-    pathway: Literal["none", "shared", "layerwise"] = "none"
-    """Latent recurrent pathway: none (baseline), shared or layerwise memory K/V projections."""
+    window_pattern: str = Field("SSSL", min_length=1, max_length=1024, pattern=r"^[SLsl]+$")
+    """Sliding-window pattern tiled over the layers (nanochat): L = full context (seq_len keys
+    back), S = seq_len // 2; the final layer is always L. "L" = full attention everywhere."""
+    use_value_embeds: bool = True
+    """nanochat's value embeddings: a token-indexed table added to v (gated per KV head) on
+    alternating layers, the last included. Ignored by pathway official (its own replace them)."""
+    ve_every_layer: bool = False
+    """Value embeddings on every layer (the official arm's capacity)."""
+    ve_gate_channels: int = Field(32, ge=0, le=1 << 16)
+    """Input channels of the value-embedding and triple gates; 0 = the full width (at most
+    n_embd)."""
+    use_resid_lambdas: bool = True
+    """Per-layer learnable scale of the residual stream before each block (init 1)."""
+    use_x0_residual: bool = True
+    """Per-layer skip to the normed embedding, x += x0_lambdas[l] * x0 before block l (init
+    0.1)."""
+    pad_vocab_size_to: int = Field(64, ge=1, le=1 << 16)
+    """Embedding and head rows padded to a multiple of this (logits sliced back); 1 = none."""
+    pathway: Literal["none", "shared", "layerwise", "official"] = "none"
+    """Latent recurrent pathway: none (baseline), shared or layerwise memory K/V projections
+    (our single gate), or official (the LRT authors' arm: triple gate, init value embeddings on
+    every layer, per-layer projections, source = final layer)."""
     source_layer: int = -1
     """Block whose output at token t-1 is the memory of token t; negative counts from the end."""
     residual_injection: bool = True
@@ -138,14 +186,39 @@ class ModelSettings(_Section):
     """Initial residual-injection scale."""
     identity_init: bool = False
     """Zero-initialise the pathway so LRT equals the baseline at step 0."""
+    zero_memory: bool = False
+    """Keep every pathway parameter but feed zero memory to every layer (capacity-only
+    ablation: the parameters without the recurrence); needs a pathway."""
 
     @model_validator(mode="after")
     def _check_shape(self) -> ModelSettings:
         if self.n_embd is not None and self.n_head is not None and self.n_embd % self.n_head:
             raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+        if self.n_kv_head is not None and self.n_head is not None and self.n_head % self.n_kv_head:
+            raise ValueError(
+                f"n_kv_head={self.n_kv_head} must divide n_head={self.n_head}; pick a divisor "
+                "(or null for plain multi-head attention)"
+            )
+        if self.n_embd is not None and self.ve_gate_channels > self.n_embd:
+            raise ValueError(
+                f"ve_gate_channels={self.ve_gate_channels} exceeds n_embd={self.n_embd}; use 0 "
+                "for the full width"
+            )
         if not -self.depth <= self.source_layer < self.depth:
             raise ValueError(
                 f"source_layer={self.source_layer} is outside [-{self.depth}, {self.depth})"
+            )
+        if self.zero_memory and self.pathway == "none":
+            raise ValueError("zero_memory=true needs a pathway; set model.pathway or drop it")
+        if self.pathway == "official" and self.source_layer % self.depth != self.depth - 1:
+            raise ValueError(
+                f"pathway=official reads the final layer; source_layer={self.source_layer} is "
+                "not supported there (use -1, or pathway shared/layerwise)"
+            )
+        if self.pathway == "official" and not (self.residual_injection and self.kv_projection):
+            raise ValueError(
+                "pathway=official has a fixed recipe: keep residual_injection and kv_projection "
+                "on (or use pathway shared/layerwise)"
             )
         return self
 
@@ -197,6 +270,14 @@ _VARIANT_SECTIONS: dict[str, type[_Section]] = {
     "model": ModelSettings,
     "strategy": StrategySettings,
 }
+_VARIANT_TRAIN_KEYS = ("max_steps", "tokens_per_param")
+"""The `train.*` keys a variant may override (its budget: e.g. a baseline trained at ~2x the
+tokens, the LRT's effective compute); every other train key is shared by all variants."""
+
+
+def _variant_keys() -> list[str]:
+    keys = [f"{s}.{f}" for s, cls in _VARIANT_SECTIONS.items() for f in cls.model_fields]
+    return keys + [f"train.{f}" for f in _VARIANT_TRAIN_KEYS]
 
 
 def _flatten_overrides(value: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -204,7 +285,7 @@ def _flatten_overrides(value: Mapping[str, Any], prefix: str = "") -> dict[str, 
     out: dict[str, Any] = {}
     for key, item in value.items():
         dotted = f"{prefix}{key}"
-        if isinstance(item, Mapping) and dotted in _VARIANT_SECTIONS:
+        if isinstance(item, Mapping) and (dotted in _VARIANT_SECTIONS or dotted == "train"):
             out.update(_flatten_overrides(item, prefix=f"{dotted}."))
         else:
             out[dotted] = item
@@ -212,9 +293,8 @@ def _flatten_overrides(value: Mapping[str, Any], prefix: str = "") -> dict[str, 
 
 
 def _check_variant_key(key: str) -> None:
-    section, _, field = key.partition(".")
-    valid = [f"{s}.{f}" for s, cls in _VARIANT_SECTIONS.items() for f in cls.model_fields]
-    if section not in _VARIANT_SECTIONS or field not in _VARIANT_SECTIONS[section].model_fields:
+    valid = _variant_keys()
+    if key not in valid:
         raise ValueError(_unknown_key_message(key, valid, "a variant override"))
 
 
@@ -231,8 +311,9 @@ class TrainSettings(_Section):
         "baseline": {"model.pathway": "none", "strategy.name": "none"},
         "lrt": {"model.pathway": "shared", "strategy.name": "interleaved"},
     }
-    """Runs to train and compare: name -> overrides of `model.*` / `strategy.*` (dotted keys,
-    or nested {model: {...}}). Each variant trains into `{out_dir}/{name}`."""
+    """Runs to train and compare: name -> overrides of `model.*` / `strategy.*` and of the
+    budget `train.max_steps` / `train.tokens_per_param` (dotted keys, or nested {model: {...}}).
+    Each variant trains into `{out_dir}/{name}`."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """auto = cuda when available, else cpu."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
@@ -248,20 +329,39 @@ class TrainSettings(_Section):
     tokens_per_param: float | None = Field(None, gt=0, le=1e6)
     """Training tokens per model parameter, used when max_steps is None."""
     matrix_lr: float = Field(0.02, ge=0, le=MAX_LR)
-    """Learning rate of matrix parameters (Muon in nanochat; AdamW fallback)."""
-    embedding_lr: float = Field(0.2, ge=0, le=MAX_LR)
-    """Learning rate of the token embedding."""
+    """Learning rate of matrix parameters (Muon), at reference_batch_tokens."""
+    embedding_lr: float = Field(0.3, ge=0, le=MAX_LR)
+    """Learning rate of the token embedding and value embeddings (AdamW, x (n_embd/768)^-0.5),
+    at reference_batch_tokens."""
     unembedding_lr: float = Field(0.004, ge=0, le=MAX_LR)
-    """Learning rate of the LM head."""
-    scalar_lr: float = Field(0.02, ge=0, le=MAX_LR)
-    """Learning rate of scalars and gates (gamma, per-head gate weights)."""
-    weight_decay: float = Field(0.0, ge=0, le=100)
-    """Weight decay for matrix parameters."""
-    grad_clip: float = Field(1.0, ge=0, le=1e6)
-    """Global gradient-norm clip; 0 disables it."""
+    """Learning rate of the LM head (AdamW, x (n_embd/768)^-0.5), at reference_batch_tokens."""
+    scalar_lr: float = Field(0.5, ge=0, le=MAX_LR)
+    """Learning rate of scalars and gates (lambdas, gamma, gate weights), at
+    reference_batch_tokens."""
+    weight_decay: float = Field(0.2, ge=0, le=100)
+    """Muon weight decay at depth weight_decay_reference_depth (cautious_wd, scaled by
+    weight_decay_reference_depth, scheduled by schedule_weight_decay)."""
+    muon_variant: Literal["polar_express", "newton_schulz"] = "polar_express"
+    """Muon's orthogonalisation: nanochat's Polar Express or the previous quintic
+    Newton-Schulz."""
+    variance_reduction: bool = True
+    """NorMuon-style factored second moment on Muon's updates."""
+    cautious_wd: bool = True
+    """Decay only weights whose Muon update shares their sign."""
+    muon_beta2: float = Field(0.95, ge=0, lt=1)
+    """EMA coefficient of the variance-reduction second moment."""
+    reference_batch_tokens: int | None = Field(2**19, ge=1)
+    """Every lr x sqrt(total_batch_tokens / this) (nanochat tunes at 2^19); null = no scaling
+    (tiny demos)."""
+    weight_decay_reference_depth: int | None = Field(12, ge=1)
+    """Muon weight decay = weight_decay x (this/depth)^2; null = as given."""
+    schedule_weight_decay: bool = True
+    """Muon weight decay linear to 0 over training."""
+    grad_clip: float = Field(0.0, ge=0, le=1e6)
+    """Global gradient-norm clip; 0 disables it (nanochat clips nothing)."""
     warmup_ratio: float = Field(0.0, ge=0, le=1)
     """Fraction of steps with linear LR warm-up."""
-    warmdown_ratio: float = Field(0.2, ge=0, le=1)
+    warmdown_ratio: float = Field(0.5, ge=0, le=1)
     """Fraction of final steps with linear LR decay."""
     final_lr_frac: float = Field(0.0, ge=0, le=1)
     """LR at the end of warm-down, as a fraction of the peak."""
@@ -344,8 +444,17 @@ class EvalSettings(_Section):
     tokens as every other mode (bpb_max_tokens), so all modes are comparable."""
     bucket_size: int = Field(32, ge=1)
     """Positions per bucket in the per-position BPB table."""
-    core_dir: str = "../shared/data/core"
-    """Folder of CORE task .jsonl files; missing = CORE skipped with a message."""
+    core_dir: str = "data/eval_bundle"
+    """Folder of CORE task files (nanochat's eval bundle: core.yaml, eval_data/; the
+    `eval_bundle` stage downloads it here); missing = CORE skipped with a message."""
+    bundle_url: str = Field(EVAL_BUNDLE_URL, min_length=1)
+    """Where the `eval_bundle` stage downloads nanochat's eval bundle (a zip) from."""
+    bundle_sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$")
+    """Expected SHA-256 of the bundle zip; null = not checked (its size and core.yaml are)."""
+    sequential_memory_mb: float | None = Field(None, gt=0, le=1 << 30)
+    """Memory budget (MiB) for batching sequential scoring (rows decoded at once); null =
+    $LRT_EVAL_SEQUENTIAL_MEMORY_MB when set, else a quarter of the free CUDA memory on a GPU,
+    else 1024 MiB."""
     core_max_items: int | None = Field(50, ge=1)
     """Items per CORE task (None = all)."""
     icl_enabled: bool = True
@@ -397,6 +506,8 @@ SECTIONS: dict[str, type[_Section]] = {
 PATH_FIELDS = (
     "data.paths",
     "data.raw_dir",
+    "data.reuse_dir",
+    "data.hub_cache",
     "tokenizer.pretrained",
     "tokenizer.out_dir",
     "train.out_dir",

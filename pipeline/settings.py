@@ -74,6 +74,7 @@ __all__ = [
     "TrainSettings",
     "load_settings",
     "variant_settings",
+    "variant_train_settings",
 ]
 
 _EXPONENT = re.compile(r"^[+-]?\d+(\.\d*)?[eE][+-]?\d+$")
@@ -142,6 +143,7 @@ class Settings(BaseSettings):
     def _check_variants(self) -> Settings:
         for name in self.train.variants:
             model, strategy = variant_settings(self, name)
+            variant_train_settings(self, name)
             if strategy.name == "interleaved" and strategy.subsets > model.seq_len:
                 raise ValueError(
                     f"variant {name!r}: strategy.subsets={strategy.subsets} is larger than "
@@ -187,7 +189,7 @@ def variant_settings(settings: Settings, name: str) -> tuple[ModelSettings, Stra
     variants = settings.train.variants
     if name not in variants:
         raise SettingsError(f"unknown variant {name!r}; train.variants has {sorted(variants)}")
-    updates: dict[str, dict[str, Any]] = {"model": {}, "strategy": {}}
+    updates: dict[str, dict[str, Any]] = {"model": {}, "strategy": {}, "train": {}}
     for key, value in variants[name].items():
         section, _, field = key.partition(".")
         updates[section][field] = value
@@ -204,6 +206,34 @@ def variant_settings(settings: Settings, name: str) -> tuple[ModelSettings, Stra
             f"variant {name!r}: {_format_errors(exc, prefix='strategy.')}"
         ) from None
     return model, strategy
+
+
+def variant_train_settings(settings: Settings, name: str) -> TrainSettings:
+    """`settings.train` with the variant's budget overrides (`train.max_steps`,
+    `train.tokens_per_param`) applied; every other train key is shared by all variants.
+
+    Example:
+        >>> s = load_settings(None, ["train.variants={b2: {train: {max_steps: 9}}}"])
+        >>> variant_train_settings(s, "b2").max_steps, s.train.max_steps
+        (9, 150)
+
+    Raises:
+        SettingsError: `name` is not in `train.variants`, or the budget it gives is invalid.
+    """
+    variants = settings.train.variants
+    if name not in variants:
+        raise SettingsError(f"unknown variant {name!r}; train.variants has {sorted(variants)}")
+    updates = {
+        key.partition(".")[2]: value
+        for key, value in variants[name].items()
+        if key.startswith("train.")
+    }
+    if not updates:
+        return settings.train
+    try:
+        return TrainSettings.model_validate({**settings.train.model_dump(), **updates})
+    except ValidationError as exc:
+        raise SettingsError(f"variant {name!r}: {_format_errors(exc, prefix='train.')}") from None
 
 
 # ---------------------------------------------------------------------------------------------

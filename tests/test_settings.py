@@ -72,7 +72,7 @@ def test_values_parse_as_yaml_scalars() -> None:
         ("train.matrx_lr=1", "Did you mean 'train.matrix_lr'"),
         ("trian.seed=1", "Did you mean 'train'"),
         ("model.depth=0", "model.depth = 0 (from --set)"),
-        ("model.pathway=sideways", "'none', 'shared' or 'layerwise'"),
+        ("model.pathway=sideways", "'none', 'shared', 'layerwise' or 'official'"),
         ("train.max_steps", "KEY=VALUE"),
         ("model.depth.x=1", "has no sub-keys"),
         ("train.variants.lrt.model.pathwy=shared", "Did you mean 'model.pathway'"),
@@ -144,7 +144,7 @@ def test_paths_resolve_against_the_project(tmp_path: Path) -> None:
     assert s.project_dir == tmp_path.resolve()
     assert s.data.raw_dir == str(tmp_path.resolve() / "raw")
     assert s.data.paths == [str(tmp_path.resolve() / "a.txt"), "/abs/b"]
-    assert s.eval.core_dir == str((tmp_path / ".." / "shared" / "data" / "core").resolve())
+    assert s.eval.core_dir == str(tmp_path.resolve() / "data" / "eval_bundle")
     assert s.tracking.uri == f"sqlite:///{tmp_path.resolve() / 'mlruns.db'}"
     assert (
         load_settings(config, ["tracking.uri=sqlite:////x/y.db"], env={}).tracking.uri
@@ -265,3 +265,123 @@ def test_every_float_setting_refuses_non_finite_values(value: str) -> None:
 def test_out_of_range_values_are_refused_with_the_key(override: str, message: str) -> None:
     with pytest.raises(SettingsError, match=message):
         load_settings(None, [override], env={})
+
+
+# ---------------------------------------------------------------------------------------------
+# Fields mirrored from lrt/ (issue 17 backbone, the authors' arm) and the other new settings
+
+
+def test_model_settings_mirror_every_lrt_config_field_and_default() -> None:
+    """ModelSettings has every LRTConfig field but the vocabulary and four fixed constants, with
+    the same default, and passes each one through (a non-default value of every field reaches the config)."""
+    import dataclasses
+
+    from lrt.config import LRTConfig
+
+    fixed = {"vocab_size", "softcap", "rope_base", "rope_len", "mlp_ratio"}  # not settings
+    fields = {f.name: f.default for f in dataclasses.fields(LRTConfig) if f.name not in fixed}
+    assert set(fields) == set(ModelSettings.model_fields)
+    assert {k: ModelSettings.model_fields[k].default for k in fields} == fields
+    custom = dict(
+        depth=4,
+        n_embd=256,
+        n_head=4,
+        n_kv_head=2,
+        window_pattern="SL",
+        use_value_embeds=False,
+        ve_every_layer=True,
+        ve_gate_channels=0,
+        use_resid_lambdas=False,
+        use_x0_residual=False,
+        pad_vocab_size_to=128,
+        pathway="official",
+        zero_memory=True,
+        seq_len=64,
+        gamma_init=0.5,
+        identity_init=True,
+    )
+    cfg = ModelSettings(**custom).to_config(vocab_size=300)
+    assert cfg == LRTConfig(vocab_size=300, **custom)
+    assert cfg.window_sizes == [32, 64, 32, 64] and cfg.padded_vocab_size == 384
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.n_kv_head=3", "n_kv_head=3 must divide n_head=2"),
+        ("model.window_pattern=SXL", "model.window_pattern"),
+        ("model.window_pattern=''", "model.window_pattern"),
+        ("model.ve_gate_channels=512", "ve_gate_channels=512 exceeds n_embd=128"),
+        ("model.zero_memory=true", "zero_memory=true needs a pathway"),
+        ("model.pad_vocab_size_to=0", "model.pad_vocab_size_to"),
+        ("train.variants.lrt.model.pathway=official", None),  # valid
+        ("train.variants.lrt.model.source_layer=0", None),
+        ("train.muon_variant=svd", "train.muon_variant"),
+        ("train.muon_beta2=1", "train.muon_beta2"),
+        ("train.reference_batch_tokens=0", "train.reference_batch_tokens"),
+        ("eval.bundle_sha256=abc", "eval.bundle_sha256"),
+        ("eval.sequential_memory_mb=0", "eval.sequential_memory_mb"),
+        ("data.num_shards=many", "data.num_shards"),
+        ("data.source=parquet-url", "parquet-url needs data.base_url and data.final_shard"),
+    ],
+)
+def test_new_settings_are_validated(override: str, message: str | None) -> None:
+    base = ["model.depth=2", "model.n_embd=128", "model.n_head=2"]
+    if message is None:
+        load_settings(None, [*base, override], env={})
+        return
+    with pytest.raises(SettingsError, match=message):
+        load_settings(None, [*base, override], env={})
+
+
+def test_official_arm_refuses_another_source_layer_in_a_variant() -> None:
+    overrides = ["model.depth=2", "train.variants.lrt.model.pathway=official"]
+    with pytest.raises(SettingsError, match="variant 'lrt'.*official reads the final layer"):
+        load_settings(None, [*overrides, "train.variants.lrt.model.source_layer=0"], env={})
+
+
+def test_variants_may_set_their_own_budget(tmp_path: Path) -> None:
+    """params.yaml's baseline_2x trains the baseline twice as long; only the budget keys of
+    train.* may be overridden by a variant, and its budget is validated."""
+    from pipeline.settings import variant_train_settings
+
+    s = load_settings(REPO / "params.yaml", env={})
+    assert variant_settings(s, "baseline_2x") == variant_settings(s, "baseline")
+    assert variant_train_settings(s, "baseline_2x").max_steps == 2 * s.train.max_steps
+    assert variant_train_settings(s, "lrt") == s.train
+    config = _write(
+        tmp_path / "p.yaml",
+        {
+            "train": {
+                "max_steps": 10,
+                "variants": {
+                    "a": {"train": {"max_steps": None, "tokens_per_param": 20}},
+                    "b": {"train.max_steps": 30},
+                },
+            }
+        },
+    )
+    s = load_settings(config, ["train.variants.b.train.max_steps=40"], env={})
+    a, b = variant_train_settings(s, "a"), variant_train_settings(s, "b")
+    assert (a.max_steps, a.tokens_per_param, b.max_steps) == (None, 20, 40)
+    assert s.provenance["train.variants.b.train.max_steps"] == "--set"
+    with pytest.raises(SettingsError, match="unknown key 'train.matrix_lr'.*variant override"):
+        load_settings(config, ["train.variants.b.train.matrix_lr=1"], env={})
+    with pytest.raises(SettingsError, match="variant 'a'.*max_steps or train.tokens_per_param"):
+        load_settings(config, ["train.variants.a.train.tokens_per_param=null"], env={})
+
+
+def test_eval_bundle_settings_reach_their_readers() -> None:
+    """eval.bundle_url defaults to nanochat's bundle (eval_bundle's own default), the eval
+    bundle folder is CORE's default folder, and eval.sequential_memory_mb is the budget."""
+    from pipeline import eval_bundle
+    from pipeline.evaluation.batching import budget_bytes
+
+    s = load_settings(None, env={})
+    assert s.eval.bundle_url == eval_bundle.DEFAULT_URL
+    assert s.eval.core_dir == str(Path.cwd() / eval_bundle.DEFAULT_DIR)
+    assert eval_bundle.settings_url(load_settings(None, ["eval.bundle_url=http://x/b.zip"])) == (
+        "http://x/b.zip"
+    )
+    ev = load_settings(None, ["eval.sequential_memory_mb=3"], env={}).eval
+    assert budget_bytes(ev, "cpu") == 3 << 20
