@@ -50,8 +50,7 @@ from torch import nn
 
 from lrt import accounting
 from lrt.config import LRTConfig, StrategyConfig
-from lrt.optim import build_optimizer
-from lrt.schedule import lr_multiplier, muon_momentum
+from lrt.optim import OptimizerRecipe
 from pipeline.checkpoint import (
     CheckpointError,
     atomic_write_text,
@@ -170,6 +169,36 @@ def model_accounting(model: nn.Module, strategy: StrategyConfig) -> dict[str, fl
         "scaling_params": float(counts["scaling_params"]),
         "flops_per_token": float(accounting.flops_per_token(model.config, strategy)),
     }
+
+
+def recipe_from_settings(ts: Any) -> OptimizerRecipe:
+    """The `lrt.optim.OptimizerRecipe` of `train.*`: nanochat's Muon/AdamW recipe, its lr /
+    momentum / weight-decay schedules, batch and depth scalings and gradient clip.
+
+    Example:
+        >>> from pipeline.settings import TrainSettings
+        >>> r = recipe_from_settings(TrainSettings(reference_batch_tokens=None))
+        >>> r.lr_scale(1024), r.weight_decay_at(depth=12), r.grad_clip
+        (1.0, 0.2, 0.0)
+    """
+    return OptimizerRecipe(
+        matrix_lr=ts.matrix_lr,
+        embedding_lr=ts.embedding_lr,
+        unembedding_lr=ts.unembedding_lr,
+        scalar_lr=ts.scalar_lr,
+        weight_decay=ts.weight_decay,
+        muon_variant=ts.muon_variant,
+        variance_reduction=ts.variance_reduction,
+        cautious_wd=ts.cautious_wd,
+        muon_beta2=ts.muon_beta2,
+        reference_batch_tokens=ts.reference_batch_tokens,
+        reference_depth=ts.weight_decay_reference_depth,
+        warmup_ratio=ts.warmup_ratio,
+        warmdown_ratio=ts.warmdown_ratio,
+        final_lr_frac=ts.final_lr_frac,
+        schedule_weight_decay=ts.schedule_weight_decay,
+        grad_clip=ts.grad_clip,
+    )
 
 
 def plan_steps(train_settings: Any, scaling_params: float) -> int:
@@ -490,15 +519,11 @@ class _Run:
         self.total_steps = plan_steps(ts, self.acct["scaling_params"])
         self.fpt = self.acct["flops_per_token"]
         self.peak = peak_flops(self.device)
-        self.optimizer = build_optimizer(
-            self.model,
-            matrix_lr=ts.matrix_lr,
-            embedding_lr=ts.embedding_lr,
-            unembedding_lr=ts.unembedding_lr,
-            scalar_lr=ts.scalar_lr,
-            weight_decay=ts.weight_decay,
-            distributed=self.info.enabled,
+        self.recipe = recipe_from_settings(ts)
+        self.optimizer = self.recipe.build(
+            self.model, ts.total_batch_tokens, distributed=self.info.enabled
         )
+        self.lr_scale = self.recipe.lr_scale(ts.total_batch_tokens)
         self.loader = DataLoader(
             data_dir,
             "train",
@@ -631,10 +656,8 @@ class _Run:
     def train_step(self, batches: Iterator) -> tuple[torch.Tensor, list[float], float]:
         """One optimizer step; returns (mean loss tensor, mean pass losses, LR multiplier)."""
         ts = self.ts
-        lr_mult = lr_multiplier(
-            self.step, self.total_steps, ts.warmup_ratio, ts.warmdown_ratio, ts.final_lr_frac
-        )
-        self.optimizer.set_schedule(lr_mult, muon_momentum(self.step))
+        lr_mult, momentum, wd_mult = self.recipe.schedule(self.step, self.total_steps)
+        self.optimizer.set_schedule(lr_mult, momentum, wd_mult)
         loss, pass_losses = accumulate_gradients(
             self.step_module, batches, self.accum, device=self.device, dtype=self.dtype
         )
@@ -703,7 +726,7 @@ class _Run:
             "step": self.step,
             "tokens": tokens,
             "effective_flops": self.fpt * tokens,
-            "lr": lr_mult * self.ts.matrix_lr,
+            "lr": lr_mult * self.ts.matrix_lr * self.lr_scale,  # Muon's lr, batch-scaled
             "loss": values[0],
             **dict(zip(self.pass_cols, values[1:], strict=False)),
             "tokens_per_s": tok_s,
@@ -1109,9 +1132,10 @@ def train_variant(
         The final metrics dict (see `train`).
     """
     from pipeline.atomic import output_dir, partial_dir
-    from pipeline.settings import variant_settings
+    from pipeline.settings import variant_settings, variant_train_settings
 
     model_s, strategy_s = variant_settings(settings, variant)
+    train_s = variant_train_settings(settings, variant)  # the variant's budget applied
     resolve_device(settings.train.device)  # a one-line error before any data is read
     data_dir = Path(settings.tokenizer.out_dir)
     vocab_size, tok_hash, token_bytes = _tokenizer_info(data_dir)
@@ -1133,7 +1157,7 @@ def train_variant(
             return train(
                 model_s.to_config(vocab_size),
                 strategy_s.to_config(),
-                settings.train,
+                train_s,
                 data_dir,
                 run_dir,
                 resume=resume,

@@ -7,8 +7,10 @@ from a slice of the running Python's standard library.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
+import math
 import os
 import shutil
 import signal
@@ -582,3 +584,109 @@ def test_resume_with_a_larger_budget_extends_a_finished_run(data_dir: Path, tmp_
                  resume=True, progress=False)  # fmt: skip
     assert more["step"] == more["total_steps"] == 6
     assert [int(r["step"]) for r in _log(out)][-3:] == [4, 5, 6]
+
+
+# ---------------------------------------------------------------------------------------------
+# nanochat's optimizer recipe, wired from train.*
+
+
+def test_train_settings_defaults_are_the_lrt_recipe() -> None:
+    """Every recipe default of TrainSettings is lrt.optim.OptimizerRecipe's (nanochat's)."""
+    from lrt.optim import OptimizerRecipe
+    from pipeline.training import recipe_from_settings
+
+    assert recipe_from_settings(TrainSettings()) == OptimizerRecipe()
+    legacy = OptimizerRecipe.legacy()
+    ts = TrainSettings(
+        embedding_lr=legacy.embedding_lr,
+        scalar_lr=legacy.scalar_lr,
+        weight_decay=legacy.weight_decay,
+        muon_variant="newton_schulz",
+        variance_reduction=False,
+        cautious_wd=False,
+        reference_batch_tokens=None,
+        weight_decay_reference_depth=None,
+        warmdown_ratio=legacy.warmdown_ratio,
+        schedule_weight_decay=False,
+        grad_clip=legacy.grad_clip,
+    )
+    # every knob reaches the recipe (x0_betas is the one the settings do not expose)
+    assert recipe_from_settings(ts) == dataclasses.replace(legacy, x0_betas=(0.96, 0.95))
+
+
+def _record_steps(monkeypatch: pytest.MonkeyPatch) -> tuple[list[dict], list[float]]:
+    """Record, at each optimizer step, the Muon group's lr / weight decay / momentum and the
+    AdamW embedding lr (the real optimizer steps afterwards), and every clip's max_norm."""
+    from lrt.optim import MuonAdamW
+
+    steps: list[dict] = []
+    clips: list[float] = []
+    real_step, real_clip = MuonAdamW.step, torch.nn.utils.clip_grad_norm_
+
+    def step(self, closure=None):
+        groups = {g["name"]: g for g in self.param_groups}
+        m = groups["matrix"]
+        steps.append(
+            dict(
+                lr=m["lr"],
+                wd=m["weight_decay"],
+                momentum=m["momentum"],
+                variant=m["variant"],
+                emb_lr=groups["embedding"]["lr"],
+            )
+        )
+        return real_step(self, closure)
+
+    def clip(params, max_norm, *args, **kwargs):
+        clips.append(float(max_norm))
+        return real_clip(params, max_norm, *args, **kwargs)
+
+    monkeypatch.setattr(MuonAdamW, "step", step)
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip)
+    return steps, clips
+
+
+def test_training_follows_the_recipe_schedules_and_scalings(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hand-computed: batch 256 tokens at reference 64 -> every lr x2; weight decay 0.2 x
+    (1/2)^2 at depth 2 = 0.05, linear to 0 over 4 steps; warm-down 0.5 of 4 steps; momentum
+    0.85 + 0.1 k/300; no gradient clip by default; the log's lr is Muon's scaled lr."""
+    steps, clips = _record_steps(monkeypatch)
+    cfg, strat = _cfgs("none", "none")
+    ts = _settings(
+        max_steps=4,
+        checkpoint_every=0,
+        eval_every=0,
+        weight_decay=0.2,
+        weight_decay_reference_depth=1,
+        reference_batch_tokens=64,
+        matrix_lr=0.02,
+        embedding_lr=0.3,
+        warmdown_ratio=0.5,
+    )
+    train(cfg, strat, ts, data_dir, tmp_path / "b", progress=False)
+    lr_mult = [1.0, 1.0, 1.0, 0.5]  # warm-down over the last round(0.5 * 4) = 2 steps
+    assert [s["lr"] for s in steps] == pytest.approx([0.02 * 2 * m for m in lr_mult])
+    assert [s["wd"] for s in steps] == pytest.approx([0.05 * (1 - k / 4) for k in range(4)])
+    assert [s["momentum"] for s in steps] == pytest.approx([0.85 + 0.1 * k / 300 for k in range(4)])
+    s_emb = (64 / 768) ** -0.5  # nanochat's width scaling of the AdamW lrs
+    assert [s["emb_lr"] for s in steps] == pytest.approx([0.3 * s_emb * 2 * m for m in lr_mult])
+    assert {s["variant"] for s in steps} == {"polar_express"}
+    assert clips == [math.inf] * 4
+    logged = [float(r["lr"]) for r in _log(tmp_path / "b")]
+    assert logged == pytest.approx([0.04, 0.04, 0.04, 0.02])  # each row: the lr its step used
+
+    steps.clear(), clips.clear()
+    ts = _settings(
+        max_steps=1,
+        checkpoint_every=0,
+        eval_every=0,
+        grad_clip=0.5,
+        muon_variant="newton_schulz",
+        schedule_weight_decay=False,
+    )
+    train(cfg, strat, ts, data_dir, tmp_path / "c", progress=False)
+    assert clips == [0.5] and steps[0]["variant"] == "newton_schulz"
+    # weight decay 0.2 x (12/2)^2 at depth 2 (nanochat's reference depth 12), unscheduled
+    assert steps[0]["wd"] == pytest.approx(0.2 * 36)
