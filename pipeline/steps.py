@@ -43,7 +43,17 @@ STATS_FILE = "stats.json"
 
 # The settings each stage reads; they are its MLflow params and its `params:` in dvc.yaml.
 STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
-    "download": ("data",),
+    # data.num_shards: auto sizes the download from the run (tokens per param x params, bytes
+    # per token of the tokenizer in tokenizer.out_dir when it matches tokenizer.vocab_size)
+    "download": (
+        "data",
+        "train",
+        "model",
+        "strategy",
+        "tokenizer.vocab_size",
+        "tokenizer.pretrained",
+        "tokenizer.out_dir",
+    ),
     "tokenize": ("data.raw_dir", "tokenizer"),
     "train": ("tokenizer.out_dir", "model", "strategy", "train"),
     "eval": (
@@ -54,6 +64,7 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
         "eval",
     ),
     "report": ("tokenizer.out_dir", "train.out_dir", "train.variants", "report"),
+    "eval_bundle": ("eval.bundle_url", "eval.bundle_sha256"),
 }
 
 __all__ = [
