@@ -96,6 +96,8 @@ def stage_params(settings: Settings, stage: str, variant: str | None = None) -> 
         flat.update({f"model.{k}": v for k, v in model.model_dump(mode="json").items()})
         flat.update({f"strategy.{k}": v for k, v in strategy.model_dump(mode="json").items()})
     prefixes = STAGE_SECTIONS[stage]
+    if stage == "download" and getattr(settings.data, "num_shards", None) != "auto":
+        prefixes = ("data",)  # the run's sections size the download only for `auto`
     params = {
         key: value
         for key, value in flat.items()

@@ -363,6 +363,14 @@ def test_stage_params_hold_what_the_stage_reads() -> None:
     assert set(steps.stage_params(settings, "download")) == {
         k for k in settings.flat() if k.startswith("data.")
     }
+    if "workers" in type(settings.data).model_fields:  # issue-18 settings (num_shards: auto)
+        auto = load_settings(None, ["data.num_shards=auto"], env={})
+        keys = set(steps.stage_params(auto, "download"))
+        assert {"data.num_shards", "model.depth", "train.tokens_per_param"} <= keys
+        assert {"tokenizer.vocab_size", "tokenizer.pretrained"} <= keys
+        assert "tokenizer.train_max_bytes" not in keys and not any(
+            k.startswith("eval.") for k in keys
+        )
 
 
 def test_download_is_tracked_under_one_parent(project: Path) -> None:
