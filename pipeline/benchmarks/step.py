@@ -8,6 +8,9 @@ autocast, optionally torch.compile, and reports peak memory and MFU (`lrt.accoun
     python -m pipeline.benchmarks.step --depth 2 --n-embd 64 --n-head 2 --vocab-size 512 \
         --seq-len 128 --batch-size 4 --steps 5 --out step.json            # CPU smoke
     python -m pipeline.benchmarks.step --depth 20 --seq-len 2048 --batch-size 8 --compile
+    python -m pipeline.benchmarks.step --features-off ...   # the backbone without nanochat's
+        # features (full attention, no value embeddings, no lambdas); or one toggle at a time:
+        # --window-pattern L, --no-value-embeds, --no-lambdas, --n-kv-head 1
 
 Every figure is measured in this process against a baseline measured the same way; compare
 numbers only within one run (one device).
@@ -30,7 +33,7 @@ import torch
 
 from lrt import accounting
 from lrt.config import LRTConfig, StrategyConfig
-from lrt.optim import build_optimizer
+from lrt.optim import OptimizerRecipe
 
 DEFAULT_STRATEGIES = ("interleaved:2", "multi_refine:1", "chunked:64")
 
@@ -103,7 +106,8 @@ class TrainBench:
     ) -> None:
         self.cfg, self.strategy, self.device, self.batch_size = cfg, strategy, device, batch_size
         self.model = _build(cfg, device, compile_model)
-        self.opt = build_optimizer(self.model)
+        # the training recipe's optimizer (nanochat's, with weight decay: its cautious mask)
+        self.opt = OptimizerRecipe().build(self.model, batch_size * cfg.seq_len)
         g = torch.Generator().manual_seed(0)
         data = torch.randint(0, cfg.vocab_size, (batch_size, cfg.seq_len + 1), generator=g)
         data = data.to(device)
@@ -310,6 +314,11 @@ def run(
     vocab_size: int = 512,
     n_embd: int | None = None,
     n_head: int | None = None,
+    n_kv_head: int | None = None,
+    window_pattern: str = "SSSL",
+    use_value_embeds: bool = True,
+    use_resid_lambdas: bool = True,
+    use_x0_residual: bool = True,
     pathway: str = "shared",
     warmup: int = 2,
     decode_tokens: int = 32,
@@ -323,11 +332,14 @@ def run(
 
     Args:
         depth, n_embd, n_head, vocab_size, seq_len: model (n_embd/n_head None -> nanochat rule).
+        n_kv_head, window_pattern, use_value_embeds, use_resid_lambdas, use_x0_residual: the
+            backbone's features (`lrt.LRTConfig`; defaults = nanochat's backbone). On CPU the
+            windowed ("S") layers use dense masks, so "L" is the faster pattern there.
         strategies: LRT strategies ("interleaved:2", "multi_refine:1", "chunked:64", ...).
         device: "cuda", "cpu", ...; None -> CUDA when available.
         steps, warmup, batch_size: timed steps (median reported), untimed warmup steps, rows.
         compile: torch.compile the model (CUDA).
-        pathway: the LRT variant ("shared" or "layerwise").
+        pathway: the LRT variant ("shared", "layerwise" or "official").
         decode_tokens, decode_batches, decode_rounds: decoding length, batch sizes, and
             alternating baseline/LRT rounds (best round kept).
         decode_modes: decoders to time (`DECODE_MODES`; "graph" and "compiled_graph" need
@@ -347,7 +359,18 @@ def run(
     )
     if dev.type == "cpu":
         torch.set_num_threads(max(1, torch.get_num_threads()))
-    dims = dict(vocab_size=vocab_size, depth=depth, seq_len=seq_len, n_embd=n_embd, n_head=n_head)
+    dims = dict(
+        vocab_size=vocab_size,
+        depth=depth,
+        seq_len=seq_len,
+        n_embd=n_embd,
+        n_head=n_head,
+        n_kv_head=n_kv_head,
+        window_pattern=window_pattern,
+        use_value_embeds=use_value_embeds,
+        use_resid_lambdas=use_resid_lambdas,
+        use_x0_residual=use_x0_residual,
+    )
     base_cfg = LRTConfig(**dims)
     lrt_cfg = LRTConfig(pathway=pathway, **dims)
     sts = [parse_strategy(s) for s in strategies]
@@ -474,7 +497,22 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--strategies", nargs="+", default=list(DEFAULT_STRATEGIES))
-    p.add_argument("--pathway", default="shared", choices=["shared", "layerwise"])
+    p.add_argument("--n-kv-head", type=int, default=None, help="GQA: key/value heads")
+    p.add_argument("--window-pattern", default=None, help="e.g. SSSL (default) or L")
+    p.add_argument("--value-embeds", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument(
+        "--lambdas",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="resid_lambdas and x0_lambdas (the x0 skip)",
+    )
+    p.add_argument(
+        "--features-off",
+        action="store_true",
+        help="no nanochat features: window L, no value embeddings, no lambdas (the flags above "
+        "still override one at a time)",
+    )
+    p.add_argument("--pathway", default="shared", choices=["shared", "layerwise", "official"])
     p.add_argument("--device", default=None)
     p.add_argument("--compile", action="store_true")
     p.add_argument(
@@ -489,6 +527,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--decode-modes", nargs="+", default=["eager"], choices=DECODE_MODES)
     p.add_argument("--out", type=Path, default=None, help="write the result JSON here")
     a = p.parse_args(argv)
+    on = not a.features_off
+    lambdas = on if a.lambdas is None else a.lambdas
     result = run(
         depth=a.depth,
         strategies=a.strategies,
@@ -500,6 +540,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         vocab_size=a.vocab_size,
         n_embd=a.n_embd,
         n_head=a.n_head,
+        n_kv_head=a.n_kv_head,
+        window_pattern=a.window_pattern or ("SSSL" if on else "L"),
+        use_value_embeds=on if a.value_embeds is None else a.value_embeds,
+        use_resid_lambdas=lambdas,
+        use_x0_residual=lambdas,
         pathway=a.pathway,
         warmup=a.warmup,
         decode_tokens=a.decode_tokens,
