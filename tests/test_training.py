@@ -690,3 +690,26 @@ def test_training_follows_the_recipe_schedules_and_scalings(
     assert clips == [0.5] and steps[0]["variant"] == "newton_schulz"
     # weight decay 0.2 x (12/2)^2 at depth 2 (nanochat's reference depth 12), unscheduled
     assert steps[0]["wd"] == pytest.approx(0.2 * 36)
+
+
+def test_train_variant_uses_the_variants_own_budget(data_dir: Path, tmp_path: Path) -> None:
+    """A variant's train.max_steps (baseline_2x's kind of override) is the budget it trains."""
+    from pipeline.settings import load_settings
+    from pipeline.training import train_variant
+
+    overrides = [f"model.{k}={v}" for k, v in LRT_CFG.items()] + [
+        f"tokenizer.out_dir={data_dir}",
+        f"train.out_dir={tmp_path / 'runs'}",
+        "train.device=cpu",
+        "train.max_steps=1",
+        "train.device_batch_size=2",
+        f"train.total_batch_tokens={2 * SEQ}",
+        "train.eval_tokens=64",
+        "train.log_every=1",
+        "train.variants={b: {model.pathway: none}, b2: {model.pathway: none, train.max_steps: 3}}",
+    ]
+    settings = load_settings(None, overrides)
+    assert train_variant(settings, "b")["step"] == 1
+    m = train_variant(settings, "b2")
+    assert m["step"] == 3 and m["config"]["train"]["max_steps"] == 3
+    assert len(_log(tmp_path / "runs" / "b2")) == 3
