@@ -4,6 +4,10 @@
     lrt-pipeline train --variant lrt --set train.max_steps=50
     lrt-pipeline config show                          # every setting and where it came from
     lrt-pipeline generate --prompt "def main():" --variant lrt
+    lrt-pipeline download --part 1/2                  # sharded sources: split across machines
+    lrt-pipeline eval-bundle                          # CORE tasks into data/eval_bundle
+    lrt-pipeline import-nanochat CKPT_DIR --variant nc   # a nanochat checkpoint as a run
+    lrt-pipeline study equivalence --quick            # issue-14 studies
 
 Every command takes `--config FILE` (default params.yaml) and repeatable `--set KEY=VALUE`.
 Precedence: --set > environment LRT_SECTION__KEY > config file > defaults. `dvc repro` runs the
