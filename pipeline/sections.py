@@ -447,8 +447,10 @@ class EvalSettings(_Section):
     core_dir: str = "data/eval_bundle"
     """Folder of CORE task files (nanochat's eval bundle: core.yaml, eval_data/; the
     `eval_bundle` stage downloads it here); missing = CORE skipped with a message."""
-    bundle_url: str = Field(EVAL_BUNDLE_URL, min_length=1)
-    """Where the `eval_bundle` stage downloads nanochat's eval bundle (a zip) from."""
+    bundle_url: str | None = Field(None, min_length=1)
+    """Where the `eval_bundle` stage downloads nanochat's eval bundle (a zip) from; null =
+    $LRT_EVAL_BUNDLE_URL when set, else nanochat's own (EVAL_BUNDLE_URL, the
+    karpathy-public S3 eval_bundle.zip)."""
     bundle_sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$")
     """Expected SHA-256 of the bundle zip; null = not checked (its size and core.yaml are)."""
     sequential_memory_mb: float | None = Field(None, gt=0, le=1 << 30)

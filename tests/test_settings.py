@@ -371,14 +371,17 @@ def test_variants_may_set_their_own_budget(tmp_path: Path) -> None:
         load_settings(config, ["train.variants.a.train.tokens_per_param=null"], env={})
 
 
-def test_eval_bundle_settings_reach_their_readers() -> None:
+def test_eval_bundle_settings_reach_their_readers(monkeypatch: pytest.MonkeyPatch) -> None:
     """eval.bundle_url defaults to nanochat's bundle (eval_bundle's own default), the eval
     bundle folder is CORE's default folder, and eval.sequential_memory_mb is the budget."""
     from pipeline import eval_bundle
     from pipeline.evaluation.batching import budget_bytes
+    from pipeline.sections import EVAL_BUNDLE_URL
 
+    monkeypatch.delenv(eval_bundle.URL_ENV, raising=False)
     s = load_settings(None, env={})
-    assert s.eval.bundle_url == eval_bundle.DEFAULT_URL
+    assert s.eval.bundle_url is None
+    assert eval_bundle.settings_url(s) == eval_bundle.DEFAULT_URL == EVAL_BUNDLE_URL
     assert s.eval.core_dir == str(Path.cwd() / eval_bundle.DEFAULT_DIR)
     assert eval_bundle.settings_url(load_settings(None, ["eval.bundle_url=http://x/b.zip"])) == (
         "http://x/b.zip"
