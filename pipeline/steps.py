@@ -61,6 +61,7 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
         "train.out_dir",
         "train.device",
         "train.device_batch_size",
+        "train.allow_mismatch",
         "eval",
     ),
     "report": ("tokenizer.out_dir", "train.out_dir", "train.variants", "report"),

@@ -170,6 +170,16 @@ def test_run_tokens_follow_the_training_budget() -> None:
 
     s = load_settings(None, ["train.max_steps=10", "train.total_batch_tokens=4096"])
     assert run_tokens(s)["tokens"] == 10 * 4096
+    # a variant's own budget (baseline_2x) is what the download must cover
+    s = load_settings(
+        None,
+        [
+            "train.max_steps=10",
+            "train.total_batch_tokens=4096",
+            "train.variants={b: {}, b2: {train: {max_steps: 25}}}",
+        ],
+    )
+    assert run_tokens(s)["tokens"] == 25 * 4096 and run_tokens(s)["variant"] == "b2"
     s = load_settings(
         None,
         ["train.max_steps=null", "train.tokens_per_param=10", "model.depth=2", "model.seq_len=64"],

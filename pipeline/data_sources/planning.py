@@ -217,7 +217,7 @@ def run_tokens(settings: Any, vocab_size: int | None = None) -> dict[str, Any]:
          "vocab_size": int}
     """
     from lrt.accounting import param_counts
-    from pipeline.settings import variant_settings
+    from pipeline.settings import variant_settings, variant_train_settings
     from pipeline.training import plan_steps
 
     vocab = int(vocab_size or settings.tokenizer.vocab_size)
@@ -225,8 +225,9 @@ def run_tokens(settings: Any, vocab_size: int | None = None) -> dict[str, Any]:
     for name in settings.train.variants:
         model, _ = variant_settings(settings, name)
         scaling = float(param_counts(model.to_config(vocab))["scaling_params"])
-        steps = plan_steps(settings.train, scaling)
-        tokens = steps * settings.train.total_batch_tokens
+        train = variant_train_settings(settings, name)  # a variant may set its own budget
+        steps = plan_steps(train, scaling)
+        tokens = steps * train.total_batch_tokens
         if best is None or tokens > best["tokens"]:
             best = {
                 "tokens": int(tokens),
