@@ -67,6 +67,8 @@ from pipeline.checkpoint import (
 )
 
 KEEP_CHECKPOINTS = 3
+# LRTConfig fields whose settings default is None (derived from depth / n_head / seq_len).
+RESOLVED_MODEL_FIELDS = ("n_embd", "n_head", "n_kv_head", "rope_len")
 # Which mode also gets a validation BPB column, per training strategy (LRT variants only).
 STRATEGY_EVAL_MODE = {"interleaved": "merged", "multi_refine": "refine"}
 
@@ -640,8 +642,13 @@ class _Run:
 
     def params(self) -> dict[str, Any]:
         """Parameters for the tracker."""
+        model = self.config["model"]
         return {
-            **{f"model.{k}": v for k, v in self.config["model"].items()},
+            # Fields the settings may leave None (filled in by LRTConfig) are logged as resolved
+            # values under their own keys: the stage already logged the settings' `model.*`, and
+            # MLflow refuses a param whose value changes within a run.
+            **{f"model.{k}": v for k, v in model.items() if k not in RESOLVED_MODEL_FIELDS},
+            **{f"resolved.model.{k}": model[k] for k in RESOLVED_MODEL_FIELDS if k in model},
             **{f"strategy.{k}": v for k, v in self.config["strategy"].items()},
             **{f"run.{k}": v for k, v in self.config["run"].items()},
             "params": self.acct["params"],

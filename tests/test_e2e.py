@@ -30,7 +30,7 @@ pytestmark = pytest.mark.slow
 # dependency columns and the per-variant metrics; the report's headline.json (exact-decoding BPB
 # per variant, the LRT's deltas vs baseline) and the params that changed remain.
 EXP_SHOW_DROP = (
-    r"Created|runs|data/|pipeline/|stages/|rust_loader/|lrt$|Cargo|bpb|core|icl_|val_|step$"
+    r"Created|runs|data/|pipeline/|stages/|rust_loader/|lrt$|lrt/|Cargo|bpb|core|icl_|val_|step$"
 )
 
 # Small enough for two CPU cores; large enough that every code path runs.
@@ -42,6 +42,8 @@ TINY = {
         "total_batch_tokens": 256,
         "device_batch_size": 4,
         "max_steps": 6,
+        # params.yaml's baseline_2x (the LRT's effective compute) at twice this test's budget
+        "variants": {"baseline_2x": {"train": {"max_steps": 12}}},
         "log_every": 2,
         "eval_every": 3,
         "eval_tokens": 512,
@@ -62,10 +64,13 @@ STAGE_RUNS = {
     "tokenize",
     "train/baseline",
     "train/lrt",
+    "train/baseline_2x",
     "eval/baseline",
     "eval/lrt",
+    "eval/baseline_2x",
     "report",
 }
+VARIANTS = {"baseline", "lrt", "baseline_2x"}
 HEADLINE = {"step", "val_bpb", "val_loss", "bpb", "bpb_gap", "core", "icl_gain", "icl_acc"}
 
 
@@ -219,7 +224,7 @@ def test_dvc_repro_end_to_end(project: Path, env: dict[str, str]) -> None:
     specs = json.loads(_dvc(project, "plots", "show", "--json", env=env).stdout)["data"]
     vega = specs["val_bpb_vs_tokens"][0]
     values = vega["content"]["data"]["values"]
-    assert {v["variant"] for v in values} == {"baseline", "lrt"}
+    assert {v["variant"] for v in values} == VARIANTS
     assert vega["content"]["encoding"]["color"]["field"] == "variant"
 
     # `dvc exp show` fits 120 columns with the recipe in docs/EVALUATION.md.
@@ -228,7 +233,9 @@ def test_dvc_repro_end_to_end(project: Path, env: dict[str, str]) -> None:
     width = max(len(line) for line in shown.splitlines())
     assert width <= 120 and "lrt.delta_equal_tokens" in shown and "…" not in shown, shown
     headline = json.loads((project / "reports/headline.json").read_text())
-    assert set(headline) == {"baseline", "lrt"} and "delta_equal_tokens" in headline["lrt"]
+    assert set(headline) == VARIANTS and "delta_equal_tokens" in headline["lrt"]
+    # the matched-compute row has a number: baseline_2x is within the compute tolerance
+    assert math.isfinite(headline["lrt"]["delta_matched_compute"]), headline
 
     # MLflow: one parent for the invocation, one child per stage and variant.
     from mlflow import MlflowClient
@@ -249,8 +256,7 @@ def test_dvc_repro_end_to_end(project: Path, env: dict[str, str]) -> None:
     assert "variants.lrt" in parent.data.params
     logged = client.search_logged_models([experiment.experiment_id])
     assert {m.source_run_id for m in logged} == {
-        children["eval/baseline"].info.run_id,
-        children["eval/lrt"].info.run_id,
+        children[f"eval/{v}"].info.run_id for v in VARIANTS
     }
     assert {r.data.tags["mlflow.parentRunId"] for r in children.values()} == {
         parents[0].info.run_id

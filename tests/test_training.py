@@ -192,6 +192,9 @@ def test_train_writes_outputs(data_dir: Path, tmp_path: Path) -> None:
         tracker=rec,
     )
     assert rec.params["model.pathway"] == "shared" and rec.params["grad_accum"] == 2
+    # derived fields never reuse the stage's `model.*` keys (MLflow refuses changed values)
+    assert "model.n_kv_head" not in rec.params
+    assert rec.params["resolved.model.n_kv_head"] == cfg.n_kv_head
     steps = [st for st, mm in rec.metrics if "train/loss" in mm]
     assert steps == [1, 2, 3, 4, 5, 6]
     assert "val/bpb_merged" in rec.metrics[2][1] and "final/val_bpb" in rec.metrics[-1][1]
