@@ -254,9 +254,17 @@ def tokenize(settings: Settings, part: Any, merge: bool, tokenizer_only: bool) -
 def train(settings: Settings, variants: tuple[str, ...], resume: bool) -> None:
     """Train variants into train.out_dir/VARIANT."""
     from pipeline import steps
+    from pipeline.launch import maybe_relaunch
 
     names = _variants(settings, variants)
     with _invocation(settings, "train"):
+        # train.nproc_per_node > 1: the same command line under torchrun (the ranks reuse this
+        # invocation's MLflow parent run through the environment)
+        status = maybe_relaunch(settings.train, "pipeline.cli", sys.argv[1:])
+        if status is not None:
+            if status:
+                raise SystemExit(status)
+            return
         for name in names:
             metrics = steps.train(settings, name, resume=resume)
             click.echo(f"{name}: {_summary(metrics)}")

@@ -388,6 +388,11 @@ class TrainSettings(_Section):
     """Memory a run may use on its device, in GiB; None = the device's total memory (CPU:
     physical RAM). A model whose estimated training memory (weights, gradients, optimizer
     state, activations) exceeds it is refused before anything is allocated."""
+    nproc_per_node: Annotated[int, Field(ge=1, le=1024)] | Literal["auto"] = "auto"
+    """Training processes per node: auto = every visible CUDA GPU (1 without CUDA or with
+    device cpu). Above 1 the train stage (and `lrt-pipeline train`) re-launches itself under
+    `torchrun --standalone`, so `dvc repro` uses every GPU; on CPU it starts gloo processes.
+    Multi-node: start torchrun yourself (docs/TRAINING.md)."""
     allow_mismatch: bool = False
     """Evaluate, resume or sample a model with a tokenizer or shard set other than the ones
     it was trained on (both recorded in model.pt and its checkpoints); false = refused."""

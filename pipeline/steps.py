@@ -202,11 +202,29 @@ def tokenize(
     return stats
 
 
-def train(settings: Settings, variant: str, *, resume: bool = False) -> dict[str, Any]:
-    """Train one variant into `{train.out_dir}/{variant}`; returns its final metrics."""
+def train(
+    settings: Settings,
+    variant: str,
+    *,
+    resume: bool = False,
+    relaunch: tuple[str, list[str]] | None = None,
+) -> dict[str, Any]:
+    """Train one variant into `{train.out_dir}/{variant}`; returns its final metrics.
+
+    `relaunch=(module, argv)`: with `train.nproc_per_node` > 1 (outside torchrun), run
+    `python -m module argv` under torchrun instead and return the metrics its rank 0 wrote.
+    """
+    from pipeline.launch import maybe_relaunch
     from pipeline.training import train_variant
 
     variant_settings(settings, variant)  # fail early, with the valid names, on a typo
+    if relaunch is not None:
+        status = maybe_relaunch(settings.train, *relaunch)
+        if status:
+            raise SystemExit(status)
+        if status == 0:
+            out = Path(settings.train.out_dir) / variant  # PATH_FIELDS: already absolute
+            return json.loads((out / "train_metrics.json").read_text())
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 alone records
         return train_variant(settings, variant, resume=resume, tracker=None)
     with _stage(settings, "train", variant):
@@ -589,7 +607,7 @@ def stage_main(stage: str, argv: list[str]) -> int:
     elif stage == "tokenize":
         tokenize(settings)
     elif stage == "train":
-        train(settings, argv[0])
+        train(settings, argv[0], relaunch=("stages.train", argv))
     elif stage == "eval":
         evaluate(settings, argv[0])
     elif stage == "report":
