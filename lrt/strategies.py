@@ -1,30 +1,9 @@
-"""Training strategies: how one batch is turned into passes of `LRT.forward` and one loss.
+"""Training strategies: the loss over the passes that `lrt.passes` schedules for one batch.
 
-Every strategy produces a list of *logical passes*; each logical pass is a list of *pieces*
-(positions, normed final states). A position's "merged" output is the one written by the last
-piece that covered it. Notation: B batch, T length, C width, m = shift_right(source states).
-
-- none:         one plain pass, m = 0.                                    1 logical pass.
-- interleaved:  init pass (m = 0) over all T positions builds the buffer: every layer's K/V and
-                the source states. Then for s = 0..S-1, in order, the subset P_s = {t: t mod S
-                == s} is recomputed with m_t = source[t-1] read from the latest states; its
-                queries attend to the buffer with their own rows freshly written, causally by
-                original position (key <= query); the pass writes its K/V rows and source
-                states back. Loss = mean of the S+1 pass losses (each pass: mean over its
-                positions), or a weighted mean with `loss_weights`.
-                detach: each subset pass reads the buffer and source states detached (its own
-                rows still get gradients); refresh_kv: before each subset pass, the K/V rows of
-                positions no subset pass has visited yet are recomputed with the latest memory
-                (see `refresh_kv`).
-- multi_refine: K+1 full passes; pass 0 has m = 0, pass k uses the source states of pass k-1
-                (Jacobi). Loss = mean (or weighted mean) of the K+1 pass losses. detach cuts the
-                gradient between passes.
-- chunked:      chunks [0, C), [C, 2C), ... in order, each one pass over its C positions that
-                attends to the K/V of earlier chunks (exact, already computed) and its own.
-                Memory crosses chunk boundaries only: m_t = source[t-1] when t is the first
-                position of a chunk (t = cC, c > 0), else 0. So C = T is the init pass and C = 1
-                is exact sequential. One logical pass. detach: truncated BPTT at chunk borders.
-- sequential:   chunked with C = 1: exact token-by-token recurrence (slow; verification).
+Every strategy (none, interleaved, multi_refine, chunked, sequential) and the meaning of a
+position's "merged" output are described once, in `lrt/passes.py`'s docstring; this module turns
+those passes into `TrainOutput` (the mean, or `loss_weights`-weighted mean, of the pass losses)
+and into the per-mode logits and token losses evaluation reads.
 """
 
 from __future__ import annotations
