@@ -36,6 +36,7 @@ from pipeline.loader import DataLoader, validation_loader
 from pipeline.study.arms import Arm, model_config, strategy_config
 from pipeline.study.data import PreparedData
 from pipeline.study.measure import exact_gradients, exact_source, gradient_cosine, state_gap
+from pipeline.study.stats import finite_json
 
 
 @dataclass(frozen=True)
@@ -171,16 +172,6 @@ def measure(
         }
     model.train(was_training)
     return probes
-
-
-def _finite(x: Any) -> Any:
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {str(k): _finite(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_finite(v) for v in x]
-    return x
 
 
 def evaluate(model: LRT, arm: Arm, ctx: CellContext) -> dict[str, Any]:
@@ -319,4 +310,4 @@ def run_cell(
         "optim": ts.to_dict(),
         "device": str(ctx.device),
     }
-    return _finite(record)
+    return finite_json(record)

@@ -13,6 +13,7 @@ from typing import Any
 
 from pipeline.checkpoint import atomic_write_bytes, atomic_write_text
 from pipeline.report import Section, render_html, render_markdown
+from pipeline.study.stats import finite_json
 
 NA = "–"
 GRAD_GROUPS = ("all", "blocks", "pathway", "embedding", "lm_head")
@@ -300,17 +301,6 @@ def sections(result: dict[str, Any]) -> list[Section]:
     return out
 
 
-def _finite(x: Any) -> Any:
-    """NaN/inf -> None (strict JSON)."""
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {str(k): _finite(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_finite(v) for v in x]
-    return x
-
-
 def write_outputs(result: dict[str, Any], out_dir: str | Path) -> Path:
     """Write results.json, <study>.md, <study>.html and figures/*.png under out_dir."""
     out = Path(out_dir)
@@ -323,7 +313,7 @@ def write_outputs(result: dict[str, Any], out_dir: str | Path) -> Path:
     title = f"LRT study: {kind}"
     meta = result.get("meta", {})
     line = f"{meta.get('finished', '')} · {meta.get('machine', '')} · commit {meta.get('commit')}"
-    atomic_write_text(out / "results.json", json.dumps(_finite(result), indent=1, default=str))
+    atomic_write_text(out / "results.json", json.dumps(finite_json(result), indent=1, default=str))
     atomic_write_text(out / f"{kind}.md", render_markdown(secs, title, line, "figures"))
     atomic_write_text(out / f"{kind}.html", render_html(secs, title, line))
     return out
