@@ -67,40 +67,43 @@ GPT_CONFIG_DEFAULTS: dict[str, Any] = {
 PAD_VOCAB_SIZE_TO = 64  # nanochat's GPT(config, pad_vocab_size_to=64)
 
 _PREFIX = "_orig_mod."
-_RULES: list[tuple[str, str]] = [  # (nanochat regex, ours template)
-    (r"transformer\.wte\.weight", "wte.weight"),
-    (r"transformer\.h\.(\d+)\.(attn|mlp)\.(\w+)\.weight", r"blocks.\1.\2.\3.weight"),
-    (r"lm_head\.weight", "lm_head.weight"),
-    (r"resid_lambdas", "resid_lambdas"),
-    (r"x0_lambdas", "x0_lambdas"),
-    (r"value_embeds\.(\d+)\.weight", r"value_embeds.\1.weight"),
-    (r"interleaved_lambdas", "pathway.gamma"),
-    (r"interleaved_key_projections\.(\d+)\.W_v\.weight", r"pathway.k_proj.\1.weight"),
-    (r"interleaved_projections\.(\d+)\.W_v\.weight", r"pathway.v_proj.\1.weight"),
-    (r"interleaved_init_value_embeds\.(\d+)\.weight", r"pathway.init_value_embeds.\1.weight"),
+# One table of (nanochat name, our name) templates; both directions are derived from it.
+# Placeholders: {i} a layer/projection index, {part} attn|mlp, {proj} a projection's name.
+_NAMES: list[tuple[str, str]] = [
+    ("transformer.wte.weight", "wte.weight"),
+    ("transformer.h.{i}.{part}.{proj}.weight", "blocks.{i}.{part}.{proj}.weight"),
+    ("lm_head.weight", "lm_head.weight"),
+    ("resid_lambdas", "resid_lambdas"),
+    ("x0_lambdas", "x0_lambdas"),
+    ("value_embeds.{i}.weight", "value_embeds.{i}.weight"),
+    ("interleaved_lambdas", "pathway.gamma"),
+    ("interleaved_key_projections.{i}.W_v.weight", "pathway.k_proj.{i}.weight"),
+    ("interleaved_projections.{i}.W_v.weight", "pathway.v_proj.{i}.weight"),
+    ("interleaved_init_value_embeds.{i}.weight", "pathway.init_value_embeds.{i}.weight"),
 ]
-_INVERSE: list[tuple[str, str]] = [
-    (r"wte\.weight", "transformer.wte.weight"),
-    (r"blocks\.(\d+)\.(attn|mlp)\.(\w+)\.weight", r"transformer.h.\1.\2.\3.weight"),
-    (r"lm_head\.weight", "lm_head.weight"),
-    (r"resid_lambdas", "resid_lambdas"),
-    (r"x0_lambdas", "x0_lambdas"),
-    (r"value_embeds\.(\d+)\.weight", r"value_embeds.\1.weight"),
-    (r"pathway\.gamma", "interleaved_lambdas"),
-    (r"pathway\.k_proj\.(\d+)\.weight", r"interleaved_key_projections.\1.W_v.weight"),
-    (r"pathway\.v_proj\.(\d+)\.weight", r"interleaved_projections.\1.W_v.weight"),
-    (r"pathway\.init_value_embeds\.(\d+)\.weight", r"interleaved_init_value_embeds.\1.weight"),
-]
+_FIELDS = {"i": r"\d+", "part": "attn|mlp", "proj": r"\w+"}
+
+
+def _pattern(template: str) -> re.Pattern[str]:
+    """`transformer.h.{i}.x` -> a regex with a named group per placeholder."""
+    out = re.escape(template)
+    for name, body in _FIELDS.items():
+        out = out.replace(re.escape("{" + name + "}"), f"(?P<{name}>{body})")
+    return re.compile(out)
+
+
+_RULES = [(_pattern(theirs), ours) for theirs, ours in _NAMES]  # nanochat -> ours
+_INVERSE = [(_pattern(ours), theirs) for theirs, ours in _NAMES]  # ours -> nanochat
 
 
 class InteropError(ValueError):
     """A nanochat checkpoint or config that does not map onto an LRT (or back)."""
 
 
-def _rename(name: str, rules: list[tuple[str, str]]) -> str | None:
+def _rename(name: str, rules: list[tuple[re.Pattern[str], str]]) -> str | None:
     for pattern, template in rules:
-        if re.fullmatch(pattern, name):
-            return re.sub(pattern, template, name)
+        if match := pattern.fullmatch(name):
+            return template.format(**match.groupdict())
     return None
 
 

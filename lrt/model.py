@@ -5,21 +5,8 @@
 library reads bottom-up: config, attention, recurrence, backbone; then passes, static_decode,
 decode, strategies; then this module and `lrt.interop`. No module imports one above it.
 
-Parameter names (stable; `lrt.optim` groups by them, `lrt.interop` maps them to nanochat's):
-
-    wte.weight                         token embedding (padded rows)       transformer.wte.weight
-    blocks.{i}.attn.c_q/c_k/c_v/c_proj attention projections (k, v: Ckv)   transformer.h.{i}.attn.*
-    blocks.{i}.attn.ve_gate            value-embedding gate (has_ve)       ...attn.ve_gate
-    blocks.{i}.attn.triple_gate        official arm's (g_local, g_fb, g_ve) ...attn.triple_gate
-    blocks.{i}.mlp.c_fc/c_proj         MLP                                 transformer.h.{i}.mlp.*
-    lm_head.weight                     head (padded rows)                  lm_head.weight
-    resid_lambdas, x0_lambdas          per-layer scalars (L,)              same names
-    value_embeds.{i}                   value embeddings (has_ve layers)    value_embeds.{i}
-    pathway.gamma                      injection scales (L,)               interleaved_lambdas
-    pathway.k_proj.{j}, v_proj.{j}     memory K/V projections              interleaved_key_projections.{i}.W_v,
-                                                                           interleaved_projections.{i}.W_v
-    pathway.gates.{i}                  our single memory gate (Hkv, C)     (none: ours only)
-    pathway.init_value_embeds.{i}      official init value embeddings      interleaved_init_value_embeds.{i}
+Parameter names: the table in `lrt.backbone` (stable; `lrt.optim` groups by them and
+`lrt.interop` maps them to nanochat's).
 
     >>> cfg = LRTConfig(vocab_size=97, depth=2, seq_len=16, n_embd=64, n_head=2, pathway="shared")
     >>> model = LRT(cfg); model.init_weights()
