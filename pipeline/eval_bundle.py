@@ -23,7 +23,6 @@ there; eval and the report repeat that sentence (`core_status`).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -32,7 +31,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from pipeline.sources import DownloadError, fetch
+from pipeline.sources import DownloadError, fetch, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -65,19 +64,11 @@ class EvalBundleError(DownloadError):
 # ---------------------------------------------------------------------------------------------
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _verify(archive: Path, url: str, sha256: str | None, size: int | None) -> str:
     """Raise `EvalBundleError` (after deleting the archive) unless it is the expected bundle;
     returns its sha256."""
     actual_size = archive.stat().st_size
-    digest = _sha256(archive)
+    digest = sha256_file(archive)
     problem = None
     if sha256 is not None and digest != sha256.lower():
         problem = f"sha256 {digest} != expected {sha256.lower()}"

@@ -69,6 +69,7 @@ __all__ = [
     "iter_documents",
     "raw_files",
     "read_raw_manifest",
+    "sha256_file",
 ]
 
 
@@ -679,7 +680,9 @@ def _fetch_once(url: str, part: Path, *, timeout_s: float) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks (hashlib releases the GIL: threads hash in
+    parallel)."""
     digest = hashlib.sha256()
     with path.open("rb") as fh:
         while chunk := fh.read(1 << 20):
@@ -691,7 +694,7 @@ def _file_entry(path: Path, *, documents: int, split: str | None) -> dict[str, A
     return {
         "name": path.name,
         "bytes": path.stat().st_size,
-        "sha256": _sha256(path),
+        "sha256": sha256_file(path),
         "documents": documents,
         "split": split,
     }

@@ -19,7 +19,6 @@ anyway), and the error is raised naming the shard's URL.
 from __future__ import annotations
 
 import concurrent.futures as cf
-import hashlib
 import inspect
 import logging
 import os
@@ -35,6 +34,7 @@ import polars as pl
 from pipeline.data_sources.planning import ShardPlan
 from pipeline.data_sources.progress import Progress
 from pipeline.data_sources.table import DatasetSpec
+from pipeline.sources import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +219,7 @@ class _Job:
             path=final,
             documents=docs,
             bytes=size,
-            sha256=_sha256(final),
+            sha256=sha256_file(final),
             split=split,
             origin=origin,
         )
@@ -351,11 +351,3 @@ def _size(*paths: Path) -> int:
         except FileNotFoundError:
             continue
     return 0
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()  # hashlib releases the GIL: the workers hash in parallel
-    with path.open("rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
