@@ -26,11 +26,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pipeline.atomic import output_dir
 from pipeline.sources import DownloadError, fetch, sha256_file
 
 log = logging.getLogger(__name__)
@@ -95,39 +96,30 @@ def _verify(archive: Path, url: str, sha256: str | None, size: int | None) -> st
     return digest
 
 
-def _extract(archive: Path, out_dir: Path) -> Path:
-    """Unpack into `.<name>.tmp-<pid>` beside `out_dir`; returns the folder holding core.yaml."""
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    root = tmp.resolve()
+def _extract(archive: Path, into: Path) -> Path:
+    """Unpack into the empty folder `into`; returns the folder holding core.yaml."""
+    root = into.resolve()
     with zipfile.ZipFile(archive) as zf:
         for member in zf.namelist():  # refuse members that would land outside (zip slip)
             if not (root / member).resolve().is_relative_to(root):
-                shutil.rmtree(tmp, ignore_errors=True)
                 raise EvalBundleError(
                     f"eval bundle {archive}: member {member!r} escapes the folder"
                 )
-        zf.extractall(tmp)
-    for candidate in (tmp / "eval_bundle", tmp):
+        zf.extractall(into)
+    for candidate in (into / "eval_bundle", into):
         if (candidate / "core.yaml").is_file():
             return candidate
-    found = sorted(tmp.rglob("core.yaml"))
+    found = sorted(into.rglob("core.yaml"))
     if found:
         return found[0].parent
-    shutil.rmtree(tmp, ignore_errors=True)
     raise EvalBundleError(f"eval bundle {archive}: no core.yaml after extraction")
 
 
-def _replace_dir(src: Path, dest: Path) -> None:
-    """Move folder `src` to `dest`, replacing what is there, with one rename in the common case
-    (`dest` absent) and the old folder moved aside first otherwise."""
-    old = dest.parent / f".{dest.name}.old-{os.getpid()}"
-    shutil.rmtree(old, ignore_errors=True)
-    if dest.exists():
-        os.replace(dest, old)
-    os.replace(src, dest)
-    shutil.rmtree(old, ignore_errors=True)
+def _owned(out_dir: Path) -> Callable[[str], bool]:
+    """Names in `out_dir` this stage wrote (its status file and the entries it lists): the rest
+    is the user's and is carried across a re-fetch (`pipeline.atomic.output_dir`)."""
+    listed = set((bundle_status(out_dir) or {}).get("files", []))
+    return lambda name: name == STATUS_FILE or name in listed
 
 
 def _write_status(folder: Path, status: dict[str, Any]) -> None:
@@ -168,6 +160,10 @@ def fetch_bundle(
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     archive = out_dir.with_name(out_dir.name + ".zip")
+    previous = bundle_status(out_dir) or {}
+    if archive.is_file() and previous.get("url") not in (None, url):
+        log.info("eval bundle: the cached archive came from %s, not %s", previous["url"], url)
+        archive.unlink()  # ours, a cache: the extracted bundle stays until a new one verifies
     if archive.is_file():
         try:  # a previous run's archive: reuse it when it still verifies
             digest = _verify(archive, url, sha256, size)
@@ -177,22 +173,28 @@ def fetch_bundle(
         log.info("downloading the CORE eval bundle from %s", url)
         fetch(url, archive, retries=retries, timeout_s=timeout_s, backoff_s=backoff_s)
         digest = _verify(archive, url, sha256, size)
-    root = _extract(archive, out_dir)
     from pipeline.evaluation.core import load_tasks
 
-    tasks = load_tasks(root)
-    status = {
-        "available": True,
-        "url": url,
-        "sha256": digest,
-        "size": archive.stat().st_size,
-        "tasks": len(tasks),
-        "message": f"CORE eval bundle from {url}: {len(tasks)} tasks",
-    }
-    _write_status(root, status)
-    tmp_top = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
-    _replace_dir(root, out_dir)
-    shutil.rmtree(tmp_top, ignore_errors=True)
+    # locked, staged beside out_dir and swapped in only after success; leftovers of a killed
+    # run are removed by the next one (pipeline.atomic)
+    with output_dir(out_dir, owned=_owned(out_dir)) as staging:
+        unpacked = staging.parent / "unpacked"
+        unpacked.mkdir()
+        root = _extract(archive, unpacked)
+        names = sorted(entry.name for entry in root.iterdir())
+        for name in names:
+            os.replace(root / name, staging / name)
+        tasks = load_tasks(staging)
+        status = {
+            "available": True,
+            "url": url,
+            "sha256": digest,
+            "size": archive.stat().st_size,
+            "tasks": len(tasks),
+            "files": names,
+            "message": f"CORE eval bundle from {url}: {len(tasks)} tasks",
+        }
+        _write_status(staging, status)
     log.info("eval bundle: %d CORE tasks in %s (sha256 %s)", len(tasks), out_dir, digest[:12])
     return status
 
@@ -221,11 +223,15 @@ def prepare_bundle(
                 f"(or `python -m stages.eval_bundle`) with network"
             ),
         }
-        tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        _write_status(tmp, status)
-        _replace_dir(tmp, out_dir)
+        previous = bundle_status(out_dir)
+        if previous and previous.get("available"):  # never replace a good bundle by "offline"
+            log.warning(
+                "eval bundle: %s unreachable (%s); keeping the bundle already in %s (from %s)",
+                url, exc, out_dir, previous.get("url"),
+            )  # fmt: skip
+            return previous
+        with output_dir(out_dir, owned=_owned(out_dir)) as staging:
+            _write_status(staging, status)
         log.warning("%s", status["message"])
         return status
 

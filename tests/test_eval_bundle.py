@@ -51,8 +51,12 @@ def test_download_extract_and_load_tasks(server: _Server, payload: bytes, tmp_pa
     assert tasks["tiny_mc"].random_baseline == 25.0 and tasks["tiny_mc"].shots == 1
     assert tasks["tiny_mc"].delimiter == "\nAnswer: "
     assert len(load_items(tasks["tiny_lm"])) == 400
-    # nothing half-done is left beside the bundle
-    assert sorted(p.name for p in out.parent.iterdir()) == ["eval_bundle", "eval_bundle.zip"]
+    # nothing half-done is left beside the bundle (the stage's lock file stays, as every stage's)
+    assert sorted(p.name for p in out.parent.iterdir()) == [
+        ".eval_bundle.lock",
+        "eval_bundle",
+        "eval_bundle.zip",
+    ]
     assert core_status(out, len(tasks))["available"]
 
     # a second run reuses the verified archive: no request
@@ -133,3 +137,22 @@ def test_stage_offline_succeeds_and_says_so(
     out = capsys.readouterr().out
     assert "CORE skipped: eval bundle unavailable" in out and "with network" in out
     assert stage_main(["extra"]) == 2
+
+
+def test_faults_keep_the_previous_bundle(server: _Server, tmp_path: Path) -> None:
+    """A good bundle survives an unreachable URL (it is not replaced by "offline"), a failed
+    extraction, and a killed run's leftovers are removed by the next run."""
+    out = tmp_path / "data" / "eval_bundle"
+    prepare_bundle(out, f"{server.url}/eval_bundle.zip", backoff_s=0)
+    (out / "NOTES.md").write_text("mine")  # a user's file: never removed
+
+    def tree() -> dict[str, bytes]:
+        return {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    before = tree()
+    status = prepare_bundle(out, "http://127.0.0.1:9/none.zip", retries=0, backoff_s=0)
+    assert status["available"] and tree() == before
+    leftover = out.parent / ".eval_bundle.new-1-dead" / "eval_bundle"
+    leftover.mkdir(parents=True)
+    prepare_bundle(out, f"{server.url}/eval_bundle.zip", backoff_s=0)
+    assert not leftover.parent.exists() and (out / "NOTES.md").read_text() == "mine"
