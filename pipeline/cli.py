@@ -29,7 +29,7 @@ from typing import Any
 
 import click
 
-from pipeline.settings import DEFAULT_CONFIG, Settings, SettingsError, load_settings
+from pipeline.config.settings import DEFAULT_CONFIG, Settings, SettingsError, load_settings
 
 BENCHMARKS = ("tokenizer", "loader", "step", "ops", "core_sequential", "download")
 
@@ -41,7 +41,7 @@ class _UserError(click.ClickException):
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean "fix your input", not "bug": shown without a traceback."""
     from pipeline.atomic import OutputLockedError
-    from pipeline.sources import DownloadError
+    from pipeline.data.sources import DownloadError
 
     errors: list[type[BaseException]] = [
         SettingsError,
@@ -53,7 +53,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         FloatingPointError,  # training stopped on a non-finite loss (NonFiniteError)
     ]
     with contextlib.suppress(ImportError):  # the extension may not be built yet
-        from pipeline.shards import ShardFormatError
+        from pipeline.data.shards import ShardFormatError
 
         errors.append(ShardFormatError)
     return tuple(errors)
@@ -163,7 +163,7 @@ _VARIANT = click.option(
 def _parse_part(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
     if value is None:
         return None
-    from pipeline.parts import PartSpec
+    from pipeline.data.parts import PartSpec
 
     try:
         return PartSpec.parse(value)
@@ -254,7 +254,7 @@ def tokenize(settings: Settings, part: Any, merge: bool, tokenizer_only: bool) -
 def train(settings: Settings, variants: tuple[str, ...], resume: bool) -> None:
     """Train variants into train.out_dir/VARIANT."""
     from pipeline import steps
-    from pipeline.launch import maybe_relaunch
+    from pipeline.train.launch import maybe_relaunch
 
     names = _variants(settings, variants)
     with _invocation(settings, "train"):
@@ -276,7 +276,7 @@ def train(settings: Settings, variants: tuple[str, ...], resume: bool) -> None:
 def eval_(settings: Settings, variants: tuple[str, ...]) -> None:
     """Evaluate trained variants (BPB in every mode, CORE, ICL probes, samples)."""
     from pipeline import steps
-    from pipeline.report_data import summary_table
+    from pipeline.report.data import summary_table
 
     names = _variants(settings, variants)
     results: dict[str, Any] = {}
@@ -303,7 +303,7 @@ def report(settings: Settings) -> None:
 def run(settings: Settings, variants: tuple[str, ...]) -> None:
     """Run every stage in order (no DVC caching), all variants, under one MLflow parent run."""
     from pipeline import steps
-    from pipeline.report_data import summary_table
+    from pipeline.report.data import summary_table
 
     result = steps.run_all(settings, variants=_variants(settings, variants))
     for name, metrics in result["eval"].items():
@@ -364,8 +364,8 @@ def generate(
     import torch
 
     from lrt.decode import generate as lrt_generate
-    from pipeline.checkpoint import load_model
     from pipeline.evaluation.run import load_tokenizer
+    from pipeline.train.checkpoint import load_model
 
     name = _variants(settings, [variant])[0] if variant else next(iter(settings.train.variants))
     path = Path(settings.train.out_dir) / name / "model.pt"
@@ -613,7 +613,7 @@ def import_nanochat(
     settings: Settings, checkpoint_dir: Path, variant: str, step: int | None, runs_dir: str | None
 ) -> None:
     """Import a nanochat / authors'-fork checkpoint folder as a run (eval/generate/report)."""
-    from pipeline.nanochat_io import import_nanochat as run_import
+    from pipeline.train.nanochat_io import import_nanochat as run_import
 
     path = run_import(checkpoint_dir, variant, step=step, runs_dir=_runs_dir(settings, runs_dir))
     click.echo(f"wrote {path}")
@@ -626,7 +626,7 @@ def import_nanochat(
 @with_settings
 def export_nanochat(settings: Settings, variant: str, out_dir: Path, runs_dir: str | None) -> None:
     """Write a run's model as a nanochat checkpoint folder (model_<step>.pt, meta_<step>.json)."""
-    from pipeline.nanochat_io import export_nanochat as run_export
+    from pipeline.train.nanochat_io import export_nanochat as run_export
 
     model_path, meta_path = run_export(variant, out_dir, runs_dir=_runs_dir(settings, runs_dir))
     click.echo(f"wrote {model_path} and {meta_path}")

@@ -34,8 +34,8 @@ class LRTGenerator(_Base):  # type: ignore[misc,valid-type]
     """pyfunc: a DataFrame (or list of dicts) with a `prompt` column -> one completion each."""
 
     def load_context(self, context: Any) -> None:
-        from pipeline.checkpoint import load_model
-        from pipeline.tokenizer import Tokenizer
+        from pipeline.data.tokenizer import Tokenizer
+        from pipeline.train.checkpoint import load_model
 
         self.model, _, _ = load_model(context.artifacts["model"], allow_mismatch=True)
         self.tokenizer = Tokenizer.load(context.artifacts["tokenizer"])

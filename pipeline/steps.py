@@ -5,7 +5,7 @@ one child run (`pipeline.tracking`). The DVC entry points in `stages/` and the `
 CLI both call these and nothing else.
 
     >>> from pipeline import steps
-    >>> from pipeline.settings import load_settings
+    >>> from pipeline.config.settings import load_settings
     >>> settings = load_settings()                          # params.yaml + env
     >>> steps.run_all(settings)                             # doctest: +SKIP
 
@@ -31,9 +31,10 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from pipeline import sources, tracking
-from pipeline.parts import PART_FILE, PartSpec
-from pipeline.settings import Settings, variant_settings
+from pipeline import tracking
+from pipeline.config.settings import Settings, variant_settings
+from pipeline.data import sources
+from pipeline.data.parts import PART_FILE, PartSpec
 from pipeline.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -181,7 +182,9 @@ def tokenize(
     # instead of after training its own tokenizer.
     with _stage(settings, "tokenize"), locked(settings.tokenizer.out_dir):
         out = Path(settings.tokenizer.out_dir)
-        from pipeline.tokenizer import TOKENIZER_FILE  # lazy: the CLI starts without the extension
+        from pipeline.data.tokenizer import (
+            TOKENIZER_FILE,  # lazy: the CLI starts without the extension
+        )
 
         if tokenizer_only:
             stats = _tokenizer_only(settings)
@@ -214,8 +217,8 @@ def train(
     `relaunch=(module, argv)`: with `train.nproc_per_node` > 1 (outside torchrun), run
     `python -m module argv` under torchrun instead and return the metrics its rank 0 wrote.
     """
-    from pipeline.launch import maybe_relaunch
-    from pipeline.training import train_variant
+    from pipeline.train.launch import maybe_relaunch
+    from pipeline.train.loop import train_variant
 
     variant_settings(settings, variant)  # fail early, with the valid names, on a typo
     if relaunch is not None:
@@ -234,9 +237,9 @@ def train(
 def evaluate(settings: Settings, variant: str) -> dict[str, Any]:
     """Evaluate `{train.out_dir}/{variant}/model.pt`; writes metrics.json next to it."""
     from pipeline.atomic import output_dir
-    from pipeline.checkpoint import expect_data
     from pipeline.evaluation.run import evaluate_variant
-    from pipeline.training import _run_ours
+    from pipeline.train.checkpoint import expect_data
+    from pipeline.train.loop import _run_ours
 
     variant_settings(settings, variant)
     run_dir = Path(settings.train.out_dir) / variant
@@ -261,7 +264,7 @@ def eval_bundle(settings: Settings) -> dict[str, Any]:
     Raises:
         EvalBundleError: an archive arrived but is not the expected bundle (URL or hash wrong).
     """
-    from pipeline.eval_bundle import DEFAULT_DIR, prepare_bundle, settings_url
+    from pipeline.evaluation.bundle import DEFAULT_DIR, prepare_bundle, settings_url
 
     url = settings_url(settings)
     out_dir = Path(getattr(settings.eval, "bundle_dir", None) or DEFAULT_DIR)
@@ -277,7 +280,7 @@ def eval_bundle(settings: Settings) -> dict[str, Any]:
 
 def report(settings: Settings) -> Path:
     """Build report.md / report.html in `report.out_dir`; returns the report path."""
-    from pipeline.report import build_report
+    from pipeline.report.build import build_report
 
     with _stage(settings, "report"):
         path = Path(build_report(settings))
@@ -359,7 +362,7 @@ def _take_bytes(docs: Iterable[str], max_bytes: int) -> list[str]:
 def _train_tokenizer(settings: Settings) -> tuple[Any, dict[str, Any]]:
     """The tokenizer (trained on the first training documents, or `tokenizer.pretrained`) and
     its stats (`_TOKENIZER_STATS`)."""
-    from pipeline.tokenizer import Tokenizer
+    from pipeline.data.tokenizer import Tokenizer
 
     tok = settings.tokenizer
     raw_dir = Path(settings.data.raw_dir)
@@ -398,7 +401,7 @@ def _tokenizer_only(settings: Settings) -> dict[str, Any]:
     parts packed with it stay valid; a different tokenizer makes every shard, manifest and
     part file in the folder stale, and they are removed."""
     sources.read_raw_manifest(settings.data.raw_dir)  # "run download" first
-    from pipeline.tokenizer import TOKENIZER_FILE, Tokenizer
+    from pipeline.data.tokenizer import TOKENIZER_FILE, Tokenizer
 
     out = Path(settings.tokenizer.out_dir)
     tokenizer, stats = _train_tokenizer(settings)
@@ -414,7 +417,7 @@ def _tokenizer_only(settings: Settings) -> dict[str, Any]:
 
 def _part_tokenizer(settings: Settings) -> Any:
     """The output folder's `tokenizer.bpe`, which every part and the merge must use."""
-    from pipeline.tokenizer import TOKENIZER_FILE, Tokenizer
+    from pipeline.data.tokenizer import TOKENIZER_FILE, Tokenizer
 
     out = Path(settings.tokenizer.out_dir)
     path = out / TOKENIZER_FILE
@@ -447,7 +450,7 @@ def _tokenize_part(settings: Settings, part: PartSpec) -> dict[str, Any]:
     tokenizer into `partIIIIofNNNN_*` files."""
     raw_dir = Path(settings.data.raw_dir)
     raw = sources.read_raw_manifest(raw_dir)
-    from pipeline.shards import MANIFEST_NAME
+    from pipeline.data.shards import MANIFEST_NAME
 
     tokenizer = _part_tokenizer(settings)
 
@@ -481,7 +484,7 @@ def _pack_raw(settings: Settings, tokenizer: Any, out: Path, **part_args: Any) -
     """`pack_files` over the raw corpus into `out` with the tokenizer settings
     (`part_args`: a part's `part`, `file_documents`, `inputs_id`). A source's own validation
     files (fineweb-edu's last shard) go to val whole; the rest are split by val_fraction."""
-    from pipeline.shards import pack_files
+    from pipeline.data.shards import pack_files
 
     tok, raw_dir = settings.tokenizer, Path(settings.data.raw_dir)
     return pack_files(
@@ -498,7 +501,7 @@ def _pack_raw(settings: Settings, tokenizer: Any, out: Path, **part_args: Any) -
 
 
 def _data_stats(manifest: Any) -> dict[str, Any]:
-    from pipeline.shards import shard_set_hash
+    from pipeline.data.shards import shard_set_hash
 
     listed = {
         "tokenizer_hash": manifest.tokenizer_hash,
@@ -521,8 +524,8 @@ def _data_stats(manifest: Any) -> dict[str, Any]:
 
 def _tokenize_merge(settings: Settings) -> dict[str, Any]:
     """`tokenize --merge`: check every part and write `manifest.json` and `stats.json`."""
-    from pipeline.parts import merge_parts
-    from pipeline.shards import MANIFEST_NAME
+    from pipeline.data.parts import merge_parts
+    from pipeline.data.shards import MANIFEST_NAME
 
     out = Path(settings.tokenizer.out_dir)
     tokenizer = _part_tokenizer(settings)
@@ -553,7 +556,7 @@ def _tokenize(settings: Settings) -> dict[str, Any]:
     raw_dir = Path(settings.data.raw_dir)
     raw = sources.read_raw_manifest(raw_dir)  # first: "run download" beats an import error
 
-    from pipeline.tokenizer import TOKENIZER_FILE
+    from pipeline.data.tokenizer import TOKENIZER_FILE
 
     tokenizer, tok_stats = _train_tokenizer(settings)
 
@@ -585,7 +588,7 @@ def stage_main(stage: str, argv: list[str]) -> int:
     the variant (train, eval) as the only argument. Returns the exit status."""
     import sys
 
-    from pipeline.settings import SettingsError, load_settings
+    from pipeline.config.settings import SettingsError, load_settings
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S"

@@ -1,12 +1,12 @@
 """Compute sweep: tokens-per-parameter budgets x methods, trained and evaluated, for the report.
 
-Each run trains a (tiny by default) model with `pipeline.training.train` at a budget of R
+Each run trains a (tiny by default) model with `pipeline.train.loop.train` at a budget of R
 training tokens per scaling parameter, evaluates it (`pipeline.evaluation.run.evaluate_model`
 with light settings), and records its effective compute (training FLOPs, `lrt.accounting`)
 next to its BPB and CORE. LRT's interleaved training costs about twice the baseline's FLOPs per
 token, so the report compares methods both at equal R and at equal compute.
 
-    >>> from pipeline.settings import load_settings
+    >>> from pipeline.config.settings import load_settings
     >>> from pipeline.sweep import run_sweep
     >>> result = run_sweep(load_settings(), budgets=[0.5, 1.0])     # doctest: +SKIP
 
@@ -103,7 +103,7 @@ def _method_overrides(
 def _configs(
     settings: Any, overrides: Mapping[str, Any], model_over: Mapping[str, Any], vocab: int
 ):
-    from pipeline.settings import ModelSettings, StrategySettings
+    from pipeline.config.settings import ModelSettings, StrategySettings
 
     model = {**settings.model.model_dump(), **model_over}
     strategy = settings.strategy.model_dump()
@@ -228,7 +228,7 @@ def run_sweep(
     """Train and evaluate every (budget, method) pair; write sweep.json and sweep.md.
 
     Args:
-        settings: `pipeline.settings.Settings` (data, tokenizer, model/strategy defaults, train
+        settings: `pipeline.config.settings.Settings` (data, tokenizer, model/strategy defaults, train
             and eval sections; `options` overrides parts of them).
         budgets: Training tokens per scaling parameter; None = `DEFAULT_BUDGETS`.
         methods: Names (from `DEFAULT_METHODS` or `train.variants`) or a mapping name ->
@@ -247,9 +247,9 @@ def run_sweep(
     import torch
 
     from lrt.accounting import effective_compute, flops_per_token
-    from pipeline.checkpoint import atomic_write_text, load_model
     from pipeline.evaluation.run import _device, evaluate_model, load_tokenizer
-    from pipeline.training import train
+    from pipeline.train.checkpoint import atomic_write_text, load_model
+    from pipeline.train.loop import train
 
     opts = options or SweepOptions()
     budgets = list(budgets) if budgets is not None else list(DEFAULT_BUDGETS)

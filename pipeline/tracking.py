@@ -37,7 +37,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from pipeline.settings import TrackingSettings
+from pipeline.config.settings import TrackingSettings
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@ Run: python -m stages.eval_bundle"""
 
 import sys
 
-from pipeline.eval_bundle import stage_main
+from pipeline.evaluation.bundle import stage_main
 
 if __name__ == "__main__":
     sys.exit(stage_main(sys.argv[1:]))

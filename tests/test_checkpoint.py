@@ -20,7 +20,7 @@ import torch
 from lrt.config import LRTConfig
 from lrt.model import LRT
 from lrt.optim import build_optimizer
-from pipeline.checkpoint import (
+from pipeline.train.checkpoint import (
     FORMAT_VERSION,
     CheckpointError,
     check_config,
@@ -124,7 +124,7 @@ def test_kill_9_during_writes_never_corrupts_latest(tmp_path: Path) -> None:
     """A writer saving 4 MB checkpoints in a loop is SIGKILLed; the newest final file loads."""
     script = textwrap.dedent(f"""
         import torch
-        from pipeline.checkpoint import save_checkpoint, FORMAT_VERSION
+        from pipeline.train.checkpoint import save_checkpoint, FORMAT_VERSION
         big = torch.randn(1 << 20)
         for step in range(1, 10_000):
             state = {{"format_version": FORMAT_VERSION, "step": step, "model": {{"w": big + step}},

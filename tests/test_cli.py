@@ -118,7 +118,7 @@ def test_download_builtin(project: Path) -> None:
 
 def test_download_and_tokenize_small_corpus(project: Path) -> None:
     pytest.importorskip("pipeline._rust", reason="the Rust extension is not built")
-    pytest.importorskip("pipeline.tokenizer")
+    pytest.importorskip("pipeline.data.tokenizer")
     assert invoke("download", "--set", "data.max_bytes=200000").exit_code == 0
     result = invoke(
         "tokenize", "--set", "tokenizer.vocab_size=512", "--set", "tokenizer.train_max_bytes=100000"
@@ -167,7 +167,7 @@ def test_run_calls_every_stage_in_order(project: Path, monkeypatch: pytest.Monke
 
 
 def _table_rows(output: str) -> dict[str, list[str]]:
-    """The summary table's rows (pipeline.report_data.summary_table) by variant."""
+    """The summary table's rows (pipeline.report.data.summary_table) by variant."""
     lines = output.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("variant "))
     rows = {}
@@ -197,9 +197,9 @@ def test_run_all_prepares_the_eval_bundle_before_eval(
     project: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """steps.run_all itself (not the CLI's view of it) fetches the bundle before any eval,
-    through pipeline.eval_bundle.prepare_bundle with the stage's URL and folder."""
-    import pipeline.eval_bundle
-    from pipeline.settings import load_settings
+    through pipeline.evaluation.bundle.prepare_bundle with the stage's URL and folder."""
+    import pipeline.evaluation.bundle
+    from pipeline.config.settings import load_settings
 
     calls: list[str] = []
 
@@ -207,7 +207,7 @@ def test_run_all_prepares_the_eval_bundle_before_eval(
         calls.append(f"bundle {out_dir} {url}")
         return {"available": False, "message": "CORE skipped: offline"}
 
-    monkeypatch.setattr(pipeline.eval_bundle, "prepare_bundle", prepare)
+    monkeypatch.setattr(pipeline.evaluation.bundle, "prepare_bundle", prepare)
     monkeypatch.setenv("LRT_EVAL_BUNDLE_URL", "http://127.0.0.1:9/b.zip")
     monkeypatch.setattr(steps, "download", lambda s: calls.append("download") or {})
     monkeypatch.setattr(steps, "tokenize", lambda s: calls.append("tokenize") or {})
@@ -219,7 +219,7 @@ def test_run_all_prepares_the_eval_bundle_before_eval(
         overrides.append("eval.bundle_url=http://127.0.0.1:9/b.zip")
     settings = load_settings(None, overrides, env={})
     result = steps.run_all(settings, variants=["lrt"])
-    assert calls[2] == f"bundle {pipeline.eval_bundle.DEFAULT_DIR} http://127.0.0.1:9/b.zip"
+    assert calls[2] == f"bundle {pipeline.evaluation.bundle.DEFAULT_DIR} http://127.0.0.1:9/b.zip"
     assert calls == ["download", "tokenize", calls[2], "train", "eval", "report"]
     assert result["eval_bundle"]["available"] is False
 
@@ -229,7 +229,7 @@ def test_eval_bundle_command_offline_says_why(project: Path) -> None:
     data/eval_bundle holding only status.json (available: false)."""
     result = invoke("eval-bundle", "--set", "eval.bundle_url=http://127.0.0.1:9/eval_bundle.zip")
     if result.exit_code != 0 and "bundle_url" in result.output:
-        pytest.skip("eval.bundle_url is not a setting yet (pipeline/sections.py)")
+        pytest.skip("eval.bundle_url is not a setting yet (pipeline/config/sections.py)")
     assert result.exit_code == 0, result.output
     assert "CORE skipped" in result.output and "127.0.0.1:9" in result.output
     status = json.loads((project / "data" / "eval_bundle" / "status.json").read_text())
@@ -352,7 +352,7 @@ def test_nanochat_commands_default_to_train_out_dir(project: Path) -> None:
 
 
 def test_stage_params_hold_what_the_stage_reads() -> None:
-    from pipeline.settings import load_settings
+    from pipeline.config.settings import load_settings
 
     settings = load_settings(None, ["train.variants.lrt.strategy.subsets=3"], env={})
     params = steps.stage_params(settings, "train", "lrt")

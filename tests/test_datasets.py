@@ -1,4 +1,4 @@
-"""Sharded datasets (pipeline.data_sources) against a real HTTP server on 127.0.0.1.
+"""Sharded datasets (pipeline.data.datasets) against a real HTTP server on 127.0.0.1.
 
 The server (`pipeline.benchmarks.download.ShardServer`) serves parquet shards written here,
 honours Range, answers HEAD like the Hugging Face hub, and can throttle a shard, cut one
@@ -19,7 +19,7 @@ import polars as pl
 import pytest
 
 from pipeline.benchmarks.download import REPO_COMMIT, ShardServer
-from pipeline.data_sources import (
+from pipeline.data.datasets import (
     DATASETS,
     InsufficientDiskError,
     Progress,
@@ -33,7 +33,7 @@ from pipeline.data_sources import (
     shards_for_tokens,
     spec_from_settings,
 )
-from pipeline.sources import DownloadError
+from pipeline.data.sources import DownloadError
 
 FINAL = 1822  # fineweb-edu-100b's last shard
 
@@ -166,7 +166,7 @@ def test_auto_shard_arithmetic_by_hand() -> None:
 
 def test_run_tokens_follow_the_training_budget() -> None:
     from lrt.model import LRT
-    from pipeline.settings import load_settings, variant_settings
+    from pipeline.config.settings import load_settings, variant_settings
 
     s = load_settings(None, ["train.max_steps=10", "train.total_batch_tokens=4096"])
     assert run_tokens(s)["tokens"] == 10 * 4096
@@ -202,8 +202,8 @@ def test_run_tokens_follow_the_training_budget() -> None:
 
 
 def test_auto_measures_bytes_per_token_with_an_existing_tokenizer(tmp_path: Path) -> None:
-    from pipeline.settings import load_settings
-    from pipeline.tokenizer import Tokenizer
+    from pipeline.config.settings import load_settings
+    from pipeline.data.tokenizer import Tokenizer
 
     tok = Tokenizer.train(_texts(0, 200), 300)
     tok.save(tmp_path / "tok.bpe")
@@ -315,7 +315,7 @@ def test_disk_space_is_refused_before_any_transfer(
     _serve(server, tmp_path, [0, 1, 2, FINAL])
     real = shutil.disk_usage
     monkeypatch.setattr(
-        "pipeline.data_sources.planning.shutil.disk_usage",
+        "pipeline.data.datasets.planning.shutil.disk_usage",
         lambda p: real(p)._replace(free=50_000_000),
     )
     with pytest.raises(InsufficientDiskError, match=r"need about 400\.0 MB but .* 50\.0 MB free"):
@@ -391,7 +391,7 @@ def test_progress_on_a_tty_is_one_bar() -> None:
 
 
 def test_cli_download_fetches_shards_0_to_2_and_1822(tmp_path: Path, server: ShardServer) -> None:
-    from pipeline.settings import DataSettings
+    from pipeline.config.settings import DataSettings
 
     if "workers" not in DataSettings.model_fields:
         pytest.skip("DataSettings has no issue-18 fields yet (data.workers, data.val_shard)")

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 from pipeline.benchmarks.download import ShardServer
 from pipeline.cli import main
-from pipeline.settings import DataSettings
+from pipeline.config.settings import DataSettings
 
 VAL = 9  # a small pinned validation shard (the default would be fineweb-edu's 1822)
 

@@ -41,13 +41,17 @@ def test_the_walk_follows_deferred_imports_function_by_function() -> None:
     through steps.train's deferred import but not the report (steps.report's); the report stage
     does not reach training."""
     download = stage_modules("download")
-    assert {"pipeline.sources", "pipeline.data_sources.fetcher", "pipeline.atomic"} <= download
+    assert {
+        "pipeline.data.sources",
+        "pipeline.data.datasets.fetcher",
+        "pipeline.atomic",
+    } <= download
     train = stage_modules("train")
-    assert "pipeline.training" in train and "pipeline.report" not in train
-    assert "pipeline.data_sources" not in train  # sources' download() is not run by train
+    assert "pipeline.train.loop" in train and "pipeline.report.build" not in train
+    assert "pipeline.data.datasets" not in train  # sources' download() is not run by train
     report = stage_modules("report")
-    assert {"pipeline.report", "pipeline.report_data", "pipeline.report_plots"} <= report
-    assert "pipeline.training" not in report
+    assert {"pipeline.report.build", "pipeline.report.data", "pipeline.report.plots"} <= report
+    assert "pipeline.train.loop" not in report
     assert "pipeline.evaluation.core" in stage_modules("eval_bundle")
     assert dvc_graph.covered("pipeline/evaluation/core.py", ["pipeline/evaluation"])
     assert not dvc_graph.covered("pipeline/evaluation_x.py", ["pipeline/evaluation"])

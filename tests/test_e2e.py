@@ -122,10 +122,10 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not (VENV_BIN / "dvc").exists():
         pytest.skip("dvc is not installed next to this Python")
     for module in (
-        "pipeline.tokenizer",
-        "pipeline.training",
+        "pipeline.data.tokenizer",
+        "pipeline.train.loop",
         "pipeline.evaluation.run",
-        "pipeline.report",
+        "pipeline.report.build",
     ):
         if not (REPO / (module.replace(".", "/") + ".py")).exists():
             pytest.skip(f"{module} is not there yet")

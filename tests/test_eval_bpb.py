@@ -178,13 +178,15 @@ def packed(tmp_path_factory):
     from pathlib import Path
 
     shards = pytest.importorskip(
-        "pipeline.shards", reason="pipeline.shards not built yet", exc_type=ImportError
+        "pipeline.data.shards", reason="pipeline.data.shards not built yet", exc_type=ImportError
     )
     tokmod = pytest.importorskip(
-        "pipeline.tokenizer", reason="pipeline.tokenizer not built yet", exc_type=ImportError
+        "pipeline.data.tokenizer",
+        reason="pipeline.data.tokenizer not built yet",
+        exc_type=ImportError,
     )
     pytest.importorskip(
-        "pipeline.loader", reason="pipeline.loader not built yet", exc_type=ImportError
+        "pipeline.data.loader", reason="pipeline.data.loader not built yet", exc_type=ImportError
     )
     docs, size = [], 0
     for p in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py")):
@@ -203,9 +205,9 @@ def test_evaluate_variant_end_to_end(packed, tmp_path) -> None:
     import json
 
     import lrt
-    from pipeline.checkpoint import save_model
+    from pipeline.config.settings import load_settings
     from pipeline.evaluation.run import evaluate_variant
-    from pipeline.settings import load_settings
+    from pipeline.train.checkpoint import save_model
 
     data_dir, tok = packed
     torch.manual_seed(0)
@@ -320,8 +322,8 @@ def test_evaluate_model_metrics(pathway: str, tmp_path) -> None:
     import json
 
     import lrt
+    from pipeline.config.settings import EvalSettings
     from pipeline.evaluation.run import evaluate_model
-    from pipeline.settings import EvalSettings
 
     T = 16
     torch.manual_seed(0)
@@ -396,7 +398,7 @@ def test_evaluate_model_metrics(pathway: str, tmp_path) -> None:
 def test_run_sweep_smoke(packed, tmp_path) -> None:
     import json
 
-    from pipeline.settings import load_settings
+    from pipeline.config.settings import load_settings
     from pipeline.sweep import SweepOptions, run_sweep
 
     data_dir, _ = packed
@@ -434,10 +436,10 @@ def test_evaluate_variant_tracked_in_mlflow(packed, tmp_path) -> None:
     """The eval run carries the variant's model and strategy params (UI grouping by pathway or
     strategy) and a logged pyfunc model that generates from a prompt; a real SQLite store."""
     import lrt
-    from pipeline.checkpoint import save_model
+    from pipeline.config.settings import load_settings
     from pipeline.evaluation.run import evaluate_variant
-    from pipeline.settings import load_settings
     from pipeline.tracking import Tracker
+    from pipeline.train.checkpoint import save_model
 
     data_dir, tok = packed
     torch.manual_seed(0)

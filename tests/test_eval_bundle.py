@@ -16,7 +16,8 @@ import pytest
 from bundle_fixture import BundleServer as _Server
 from bundle_fixture import make_bundle
 
-from pipeline.eval_bundle import (
+from pipeline.data.sources import DownloadError
+from pipeline.evaluation.bundle import (
     STATUS_FILE,
     EvalBundleError,
     bundle_status,
@@ -25,7 +26,6 @@ from pipeline.eval_bundle import (
     prepare_bundle,
 )
 from pipeline.evaluation.core import load_items, load_tasks
-from pipeline.sources import DownloadError
 
 
 @pytest.fixture(scope="module")
@@ -123,14 +123,14 @@ def test_stage_offline_succeeds_and_says_so(
 ) -> None:
     """`python -m stages.eval_bundle` with no server: exit 0, a status that says why and what
     to run (the demo must not fail offline)."""
-    from pipeline.eval_bundle import stage_main
+    from pipeline.evaluation.bundle import stage_main
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("LRT_TRACKING__ENABLED", "false")
     monkeypatch.setenv("LRT_EVAL_BUNDLE_URL", "http://127.0.0.1:9/eval_bundle.zip")  # refused
-    import pipeline.sources
+    import pipeline.data.sources
 
-    monkeypatch.setattr(pipeline.sources.time, "sleep", lambda s: None)  # no backoff waits
+    monkeypatch.setattr(pipeline.data.sources.time, "sleep", lambda s: None)  # no backoff waits
     assert stage_main([]) == 0
     status = bundle_status(tmp_path / "data" / "eval_bundle")
     assert status is not None and status["available"] is False

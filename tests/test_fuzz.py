@@ -23,8 +23,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.shards import ShardFormatError, pack, read_manifest, read_shard
-from pipeline.tokenizer import Tokenizer, TokenizerFormatError
+from pipeline.data.shards import ShardFormatError, pack, read_manifest, read_shard
+from pipeline.data.tokenizer import Tokenizer, TokenizerFormatError
 
 FUZZ = settings(
     max_examples=int(os.environ.get("HYPOTHESIS_FUZZ_EXAMPLES", "100")),

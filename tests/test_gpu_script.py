@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.shards import pack
-from pipeline.tokenizer import Tokenizer
+from pipeline.data.shards import pack
+from pipeline.data.tokenizer import Tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 SECTIONS = ["env", "decode", "train_compiled", "train_eager", "loader"]

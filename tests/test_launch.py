@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.launch import maybe_relaunch, relaunch_command, resolve_nproc, under_torchrun
-from pipeline.sections import TrainSettings
+from pipeline.config.sections import TrainSettings
+from pipeline.train.launch import maybe_relaunch, relaunch_command, resolve_nproc, under_torchrun
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = Path(sys.executable).with_name("lrt-pipeline")

@@ -1,4 +1,4 @@
-"""The zero-copy batch loader (pipeline.loader.DataLoader over pipeline._rust.BatchStream).
+"""The zero-copy batch loader (pipeline.data.loader.DataLoader over pipeline._rust.BatchStream).
 
 Expected values come from an independent numpy reader of the shards (tests/test_shards.py's
 `ref_read`, which parses the byte layout from the spec). The corpus uses an "integer"
@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.loader import DataLoader
-from pipeline.shards import ShardFormatError, pack
+from pipeline.data.loader import DataLoader
+from pipeline.data.shards import ShardFormatError, pack
 
 try:  # pytest's default "prepend" import mode puts tests/ itself on sys.path
     from test_shards import ref_read

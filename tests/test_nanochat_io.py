@@ -1,4 +1,4 @@
-"""pipeline.nanochat_io: a fake nanochat checkpoint folder in, a run's model.pt out, and back."""
+"""pipeline.train.nanochat_io: a fake nanochat checkpoint folder in, a run's model.pt out, and back."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from click.testing import CliRunner
 
 from lrt import LRT, LRTConfig
 from lrt.interop import to_nanochat
-from pipeline.checkpoint import load_model
-from pipeline.nanochat_io import (
+from pipeline.train.checkpoint import load_model
+from pipeline.train.nanochat_io import (
     export_nanochat_command,
     import_nanochat,
     import_nanochat_command,

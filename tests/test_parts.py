@@ -1,4 +1,4 @@
-"""Tokenizing in parts (`tokenize --part i/n` + `--merge`) equals one run (pipeline.parts).
+"""Tokenizing in parts (`tokenize --part i/n` + `--merge`) equals one run (pipeline.data.parts).
 
 What must be equal between a single-run pack and n parts merged, for each split:
 * the token stream: the shards the manifest lists, read in order and concatenated;
@@ -23,15 +23,15 @@ from click.testing import CliRunner
 from conftest import shared_path
 
 from pipeline.cli import main
-from pipeline.loader import DataLoader
-from pipeline.parts import (
+from pipeline.data.loader import DataLoader
+from pipeline.data.parts import (
     PartMergeError,
     PartSpec,
     PartTokenizerMismatchError,
     merge_parts,
 )
-from pipeline.shards import pack_files, read_manifest, read_shard
-from pipeline.tokenizer import Tokenizer
+from pipeline.data.shards import pack_files, read_manifest, read_shard
+from pipeline.data.tokenizer import Tokenizer
 
 SETTINGS = {"shard_tokens": 20_000, "val_fraction": 0.1, "seed": 3, "chunk_tokens": 4096}
 

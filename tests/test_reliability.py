@@ -26,7 +26,11 @@ import pytest
 import torch
 
 from lrt.config import LRTConfig, StrategyConfig
-from pipeline.checkpoint import (
+from pipeline.config.sections import SettingsError
+from pipeline.config.settings import TrainSettings, load_settings
+from pipeline.data.shards import ShardFormatError, pack, read_manifest, read_shard
+from pipeline.data.tokenizer import SPECIAL_TOKENS, Tokenizer, TokenizerFormatError
+from pipeline.train.checkpoint import (
     CheckpointError,
     list_checkpoints,
     load_checkpoint,
@@ -34,11 +38,7 @@ from pipeline.checkpoint import (
     load_model,
     save_checkpoint,
 )
-from pipeline.sections import SettingsError
-from pipeline.settings import TrainSettings, load_settings
-from pipeline.shards import ShardFormatError, pack, read_manifest, read_shard
-from pipeline.tokenizer import SPECIAL_TOKENS, Tokenizer, TokenizerFormatError
-from pipeline.training import train
+from pipeline.train.loop import train
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
@@ -132,7 +132,7 @@ def test_shard_from_another_tokenizer_is_refused_by_training(tmp_path: Path):
     """The run's tokenizer hash is checked against every shard header before training."""
     pack(["some text here"] * 20, ByteTokenizer(), tmp_path / "tok", val_fraction=0.2, seed=1)
     other = hashlib.sha256(b"the run's tokenizer").hexdigest()
-    from pipeline.shards import TokenizerMismatchError
+    from pipeline.data.shards import TokenizerMismatchError
 
     with pytest.raises(TokenizerMismatchError, match=rf"train_0000\.bin.*{other}"):
         train(
@@ -209,9 +209,9 @@ _DISK_FULL = (
 import json, resource, signal, sys
 from pathlib import Path
 import torch
-from pipeline.checkpoint import save_checkpoint
-from pipeline.shards import pack
-from pipeline.tokenizer import Tokenizer
+from pipeline.train.checkpoint import save_checkpoint
+from pipeline.data.shards import pack
+from pipeline.data.tokenizer import Tokenizer
 root = Path(sys.argv[1])
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # writes past the limit fail with EFBIG
 resource.setrlimit(resource.RLIMIT_FSIZE, (2048, 2048))
@@ -261,7 +261,7 @@ _PACK_SLOWLY = (
     + """
 import sys, time
 from pathlib import Path
-from pipeline.shards import pack
+from pipeline.data.shards import pack
 out, marker = Path(sys.argv[1]), Path(sys.argv[2])
 def docs():
     for i in range(10**7):
@@ -317,8 +317,8 @@ import sys, time
 from pathlib import Path
 import torch
 from lrt.config import LRTConfig, StrategyConfig
-from pipeline.settings import TrainSettings
-from pipeline.training import train
+from pipeline.config.settings import TrainSettings
+from pipeline.train.loop import train
 torch.set_num_threads(1)
 data, out, marker = map(Path, sys.argv[1:4])
 def on_step(step, row):
@@ -447,7 +447,7 @@ def test_nothing_is_loaded_with_pickle():
 
 
 def test_manifest_cannot_point_outside_its_folder(tmp_path: Path):
-    from pipeline.loader import DataLoader
+    from pipeline.data.loader import DataLoader
 
     data = tmp_path / "tokens"
     pack(["abc def"] * 30, ByteTokenizer(), data, val_fraction=0.0)
@@ -481,7 +481,7 @@ def test_config_paths_and_variant_names(tmp_path: Path):
 _MLFLOW_WRITER = """
 import sys
 import mlflow
-from pipeline.settings import TrackingSettings
+from pipeline.config.settings import TrackingSettings
 from pipeline.tracking import Tracker
 uri, artifacts, variant = sys.argv[1:4]
 tracker = Tracker(TrackingSettings(uri=uri, artifact_location=artifacts, experiment="lrt"),
@@ -507,7 +507,7 @@ def test_two_processes_write_one_mlflow_sqlite_store(tmp_path: Path, fresh: bool
 
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     if not fresh:  # the usual case: an earlier stage created the store and the experiment
-        from pipeline.settings import TrackingSettings
+        from pipeline.config.settings import TrackingSettings
         from pipeline.tracking import Tracker
 
         tracker = Tracker(
@@ -550,7 +550,7 @@ def test_io_errors_carry_errno_strerror_and_filename(tmp_path: Path, real_tok: T
     message still names the file (and says what to do where it did before)."""
     import errno
 
-    from pipeline.loader import DataLoader
+    from pipeline.data.loader import DataLoader
 
     m = pack(["one doc", "another doc"], real_tok, tmp_path / "tokens", val_fraction=0.0)
     shard = m.splits["train"][0].path

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.report import NA, NOT_REACHED, eval_buckets, interpolate_at, render_report
+from pipeline.report.build import NA, NOT_REACHED, eval_buckets, interpolate_at, render_report
 
 
 def _write_run(
@@ -216,8 +216,8 @@ def test_helpers() -> None:
 
 
 def test_build_report_from_settings(project: Path) -> None:
-    from pipeline.report import build_report
-    from pipeline.settings import load_settings
+    from pipeline.config.settings import load_settings
+    from pipeline.report.build import build_report
 
     reports = project / "out"
     reports.mkdir()
@@ -274,7 +274,7 @@ def matched(tmp_path: Path) -> Path:
 
 
 def test_matched_compute_row_has_numbers_with_a_baseline_2x(matched: Path) -> None:
-    from pipeline.report import headline_deltas, load_runs
+    from pipeline.report.build import headline_deltas, load_runs
 
     render_report(matched / "runs", matched / "reports")
     md = (matched / "reports" / "report.md").read_text()
@@ -302,8 +302,8 @@ def test_bucket_difference_values(matched: Path) -> None:
     sequential [1.5, 1.3] = [-0.1, -0.1]; lrt init [1.5, 1.3] minus it = [0, 0]."""
     from unittest import mock
 
-    from pipeline import report
-    from pipeline.report import load_runs
+    from pipeline.report import build as report
+    from pipeline.report.build import load_runs
 
     runs = {r.name: r for r in load_runs(matched / "runs")}
     plotted: dict[str, list[float]] = {}
@@ -327,8 +327,8 @@ def test_bucket_difference_values(matched: Path) -> None:
 
 
 def test_report_with_no_runs_is_an_error(tmp_path: Path) -> None:
-    from pipeline.report import ReportError, build_report
-    from pipeline.settings import load_settings
+    from pipeline.config.settings import load_settings
+    from pipeline.report.build import ReportError, build_report
 
     settings = load_settings(
         None, [f"train.out_dir={tmp_path / 'runs'}", f"report.out_dir={tmp_path / 'rep'}"]
@@ -339,7 +339,7 @@ def test_report_with_no_runs_is_an_error(tmp_path: Path) -> None:
 
 
 def test_summary_table() -> None:
-    from pipeline.report import summary_table
+    from pipeline.report.build import summary_table
 
     table = summary_table(
         {
@@ -365,7 +365,7 @@ def test_hidden_run_folders_are_not_variants(matched: Path) -> None:
     neither load_runs nor the report may show it as a variant."""
     import shutil
 
-    from pipeline.report import load_runs, render_report
+    from pipeline.report.build import load_runs, render_report
 
     runs = matched / "runs"
     shutil.copytree(runs / "lrt", runs / ".lrt.partial")

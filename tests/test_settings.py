@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.settings import (
+from pipeline.config.settings import (
     SECTIONS,
     ModelSettings,
     Settings,
@@ -343,7 +343,7 @@ def test_official_arm_refuses_another_source_layer_in_a_variant() -> None:
 def test_variants_may_set_their_own_budget(tmp_path: Path) -> None:
     """params.yaml's baseline_2x trains the baseline twice as long; only the budget keys of
     train.* may be overridden by a variant, and its budget is validated."""
-    from pipeline.settings import variant_train_settings
+    from pipeline.config.settings import variant_train_settings
 
     s = load_settings(REPO / "params.yaml", env={})
     assert variant_settings(s, "baseline_2x") == variant_settings(s, "baseline")
@@ -374,9 +374,9 @@ def test_variants_may_set_their_own_budget(tmp_path: Path) -> None:
 def test_eval_bundle_settings_reach_their_readers(monkeypatch: pytest.MonkeyPatch) -> None:
     """eval.bundle_url defaults to nanochat's bundle (eval_bundle's own default), the eval
     bundle folder is CORE's default folder, and eval.sequential_memory_mb is the budget."""
-    from pipeline import eval_bundle
+    from pipeline.config.sections import EVAL_BUNDLE_URL
+    from pipeline.evaluation import bundle as eval_bundle
     from pipeline.evaluation.batching import budget_bytes
-    from pipeline.sections import EVAL_BUNDLE_URL
 
     monkeypatch.delenv(eval_bundle.URL_ENV, raising=False)
     s = load_settings(None, env={})

@@ -1,4 +1,4 @@
-"""Shard format, packing and corruption handling (pipeline.shards over pipeline._rust).
+"""Shard format, packing and corruption handling (pipeline.data.shards over pipeline._rust).
 
 The reference reader below parses shards from the byte layout in docs/SHARD_FORMAT.md with
 struct/zlib/zstandard only, so the Rust writer and reader are checked against the spec, not
@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.shards import (
+from pipeline.data.shards import (
     ShardFormatError,
     TokenizerMismatchError,
     pack,
@@ -387,7 +387,7 @@ def test_bad_magic_version_dtype(shard):
 
 
 def test_tokenizer_mismatch_and_missing_files(tmp_path, shard):
-    from pipeline.loader import DataLoader
+    from pipeline.data.loader import DataLoader
 
     path, _, _ = shard
     other = hashlib.sha256(b"another tokenizer").hexdigest()
@@ -414,10 +414,10 @@ def test_corrupt_manifest(shard):
 
 
 def test_rust_tokenizer_fast_path_equals_python_path(tmp_path):
-    """`pack` with `pipeline.tokenizer.Tokenizer` encodes in Rust (GIL released, all cores);
+    """`pack` with `pipeline.data.tokenizer.Tokenizer` encodes in Rust (GIL released, all cores);
     the result must be byte-identical to encoding through its Python `encode_batch`."""
-    tokenizer = pytest.importorskip("pipeline.tokenizer")
-    from pipeline import shards
+    tokenizer = pytest.importorskip("pipeline.data.tokenizer")
+    from pipeline.data import shards
 
     docs = docs_corpus(200) + ["naïve café ☕ <|bos|> 12345"]
     tok = tokenizer.Tokenizer.train(docs, vocab_size=400)
@@ -444,7 +444,7 @@ def test_rust_tokenizer_fast_path_equals_python_path(tmp_path):
 def test_ids_outside_the_vocabulary_are_caught_on_read(shard):
     """Valid checksums, but ids >= the header's vocabulary: the reader and the loader name the
     file, the token and the id (before: an embedding IndexError naming no file)."""
-    from pipeline.loader import DataLoader
+    from pipeline.data.loader import DataLoader
 
     path, good, _ = shard
     # 1. The header says vocab 200 (BOS 100, so the header itself is valid); the stored BOS

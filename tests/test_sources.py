@@ -17,8 +17,8 @@ import polars as pl
 import pytest
 import zstandard
 
-from pipeline.settings import DataSettings
-from pipeline.sources import (
+from pipeline.config.settings import DataSettings
+from pipeline.data.sources import (
     DownloadError,
     download,
     fetch,
@@ -258,7 +258,7 @@ def test_files_source_errors_name_the_file(tmp_path: Path) -> None:
 _RSS_SCRIPT = """
 import resource, sys
 from pathlib import Path
-from pipeline.sources import file_documents
+from pipeline.data.sources import file_documents
 paths = [Path(p) for p in sys.argv[1:]]
 start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 docs = list(file_documents(paths, 1_000_000))

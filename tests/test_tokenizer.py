@@ -17,7 +17,7 @@ from conftest import SHARED_DATA, shared_path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.tokenizer import (
+from pipeline.data.tokenizer import (
     GPT4_SPLIT_PATTERN,
     SPECIAL_TOKENS,
     Tokenizer,

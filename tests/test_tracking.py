@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import tracking
-from pipeline.settings import TrackingSettings
+from pipeline.config.settings import TrackingSettings
 from pipeline.tracking import PARENT_ENV, Tracker, flatten_metrics
 
 REPO = Path(__file__).resolve().parents[1]

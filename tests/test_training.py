@@ -26,9 +26,9 @@ import torch
 
 from lrt.config import LRTConfig, StrategyConfig
 from lrt.model import LRT
-from pipeline.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, load_model
-from pipeline.settings import TrainSettings
-from pipeline.training import (
+from pipeline.config.settings import TrainSettings
+from pipeline.train.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, load_model
+from pipeline.train.loop import (
     TrainingInterrupted,
     TrainStep,
     accumulate_gradients,
@@ -65,8 +65,8 @@ def _one_thread():
 
 
 class _ByteTokenizer:
-    """Byte-level stand-in (ids 0-255 = bytes, 256 = <|bos|>) used until pipeline.tokenizer
-    exists; satisfies what `pipeline.shards.pack` needs."""
+    """Byte-level stand-in (ids 0-255 = bytes, 256 = <|bos|>) used until pipeline.data.tokenizer
+    exists; satisfies what `pipeline.data.shards.pack` needs."""
 
     bos_id = 256
     vocab_size = 257
@@ -81,10 +81,10 @@ class _ByteTokenizer:
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
-    """Shards of ~150 KB of stdlib sources (BPE vocab 320 when pipeline.tokenizer is available,
+    """Shards of ~150 KB of stdlib sources (BPE vocab 320 when pipeline.data.tokenizer is available,
     else bytes), 10% validation; token byte lengths saved as token_bytes.npy."""
-    shards = pytest.importorskip("pipeline.shards", exc_type=ImportError)
-    pytest.importorskip("pipeline.loader", exc_type=ImportError)
+    shards = pytest.importorskip("pipeline.data.shards", exc_type=ImportError)
+    pytest.importorskip("pipeline.data.loader", exc_type=ImportError)
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     docs, size = [], 0
     for p in sorted(stdlib.glob("*.py")):
@@ -94,7 +94,7 @@ def data_dir(tmp_path_factory) -> Path:
         if size > 150_000:
             break
     try:
-        from pipeline.tokenizer import Tokenizer
+        from pipeline.data.tokenizer import Tokenizer
 
         tok = Tokenizer.train(docs, VOCAB)
     except ImportError:
@@ -269,8 +269,8 @@ import sys, time
 from pathlib import Path
 import torch
 from lrt.config import LRTConfig, StrategyConfig
-from pipeline.settings import TrainSettings
-from pipeline.training import train
+from pipeline.config.settings import TrainSettings
+from pipeline.train.loop import train
 torch.set_num_threads(1)
 data, out, marker = map(Path, sys.argv[1:4])
 def on_step(step, row):
@@ -341,8 +341,8 @@ import sys
 from pathlib import Path
 import torch
 from lrt.config import LRTConfig, StrategyConfig
-from pipeline.settings import TrainSettings
-from pipeline.training import train
+from pipeline.config.settings import TrainSettings
+from pipeline.train.loop import train
 torch.set_num_threads(1)
 data, out = map(Path, sys.argv[1:3])
 cfg = LRTConfig(vocab_size={vocab}, pathway="shared", **{cfg})
@@ -410,8 +410,8 @@ def test_ddp_two_gloo_processes(data_dir: Path, tmp_path: Path) -> None:
 
 
 def test_train_variant_from_settings(data_dir: Path, tmp_path: Path) -> None:
-    from pipeline.settings import load_settings
-    from pipeline.training import train_variant
+    from pipeline.config.settings import load_settings
+    from pipeline.train.loop import train_variant
 
     overrides = [f"model.{k}={v}" for k, v in LRT_CFG.items()] + [
         f"tokenizer.out_dir={data_dir}",
@@ -478,7 +478,7 @@ def _poison_from(monkeypatch: pytest.MonkeyPatch, first: int, last: int = 10**9)
 def test_non_finite_loss_stops_with_the_last_good_checkpoint_intact(
     data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pipeline.training import NonFiniteError
+    from pipeline.train.loop import NonFiniteError
 
     cfg, strat = _cfgs()
     _poison_from(monkeypatch, first=6)  # 2 micro-batches per step: step 4 is the first bad one
@@ -508,7 +508,7 @@ def test_non_finite_steps_can_be_skipped_and_counted(
 def test_a_model_too_big_for_the_device_is_refused_before_allocation(
     data_dir: Path, tmp_path: Path
 ) -> None:
-    from pipeline.training import device_memory
+    from pipeline.train.loop import device_memory
 
     cfg = LRTConfig(vocab_size=VOCAB, depth=48, n_embd=8192, n_head=64, seq_len=SEQ)
     strat = StrategyConfig()
@@ -523,8 +523,8 @@ def test_a_model_too_big_for_the_device_is_refused_before_allocation(
 
 
 def test_resume_and_load_refuse_other_data_unless_allowed(data_dir: Path, tmp_path: Path) -> None:
-    from pipeline.checkpoint import ProvenanceError
-    from pipeline.shards import pack
+    from pipeline.data.shards import pack
+    from pipeline.train.checkpoint import ProvenanceError
 
     cfg, strat = _cfgs()
     out = tmp_path / "run"
@@ -534,7 +534,7 @@ def test_resume_and_load_refuse_other_data_unless_allowed(data_dir: Path, tmp_pa
     shutil.copytree(data_dir, other)
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     docs = [p.read_text(errors="ignore")[:8000] for p in sorted(stdlib.glob("*.py"))[:30]]
-    from pipeline.tokenizer import Tokenizer
+    from pipeline.data.tokenizer import Tokenizer
 
     tok = Tokenizer.load(data_dir / "tokenizer.bpe")
     pack(docs, tok, other, shard_tokens=1 << 14, val_fraction=0.3, seed=0)
@@ -596,7 +596,7 @@ def test_resume_with_a_larger_budget_extends_a_finished_run(data_dir: Path, tmp_
 def test_train_settings_defaults_are_the_lrt_recipe() -> None:
     """Every recipe default of TrainSettings is lrt.optim.OptimizerRecipe's (nanochat's)."""
     from lrt.optim import OptimizerRecipe
-    from pipeline.training import recipe_from_settings
+    from pipeline.train.loop import recipe_from_settings
 
     assert recipe_from_settings(TrainSettings()) == OptimizerRecipe()
     legacy = OptimizerRecipe.legacy()
@@ -697,8 +697,8 @@ def test_training_follows_the_recipe_schedules_and_scalings(
 
 def test_train_variant_uses_the_variants_own_budget(data_dir: Path, tmp_path: Path) -> None:
     """A variant's train.max_steps (baseline_2x's kind of override) is the budget it trains."""
-    from pipeline.settings import load_settings
-    from pipeline.training import train_variant
+    from pipeline.config.settings import load_settings
+    from pipeline.train.loop import train_variant
 
     overrides = [f"model.{k}={v}" for k, v in LRT_CFG.items()] + [
         f"tokenizer.out_dir={data_dir}",

@@ -156,7 +156,7 @@ def fixture_shard(path: Path, docs: int, doc_bytes: int, seed: int) -> bytes:
 
 
 def _measure(server: ShardServer, shards: int, workers: int, base: Path) -> tuple[float, float]:
-    from pipeline.data_sources import Progress, download_shards, parquet_url_spec, plan
+    from pipeline.data.datasets import Progress, download_shards, parquet_url_spec, plan
 
     spec = parquet_url_spec(f"{server.url}/data", final_shard=shards)
     dest = base / f"w{workers}"
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit-mbs", type=float, default=8.0, help="MB/s per connection")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 4, 8])
     args = parser.parse_args(argv)
-    import pipeline.sources  # noqa: F401  (imported here, not inside the first timing)
+    import pipeline.data.sources  # noqa: F401  (imported here, not inside the first timing)
 
     doc_bytes = 4096
     docs = max(1, int(args.shard_mb * 1e6 / 0.6 / doc_bytes))

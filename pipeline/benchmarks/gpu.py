@@ -376,7 +376,7 @@ def worker_loader(part: Part, cfg: dict[str, Any], data_dir: Path) -> None:
 
     import torch
 
-    from pipeline.loader import DataLoader
+    from pipeline.data.loader import DataLoader
 
     dev = _device()
     lo = cfg["loader"]
@@ -428,7 +428,7 @@ def worker_quality(part: Part, cfg: dict[str, Any], data_dir: Path, budget_s: fl
     from lrt.optim import build_optimizer
     from lrt.schedule import lr_multiplier, muon_momentum
     from pipeline.benchmarks.step import _autocast, _build, _sync
-    from pipeline.loader import DataLoader
+    from pipeline.data.loader import DataLoader
 
     t_start = time.perf_counter()
     torch.backends.cuda.matmul.allow_tf32 = True

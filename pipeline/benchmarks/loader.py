@@ -3,7 +3,7 @@
 Packs synthetic tokens (random documents, fixed seed) into raw shards, then times batches of
 (B, T+1) tokens landing in CPU memory (pinned when CUDA is available):
 
-* `rust contiguous` / `rust bestfit`: `pipeline.loader.DataLoader`, tokens written by the Rust
+* `rust contiguous` / `rust bestfit`: `pipeline.data.loader.DataLoader`, tokens written by the Rust
   prefetch thread straight into the torch-owned ring buffer;
 * `numpy memmap`: `np.memmap` of the same shards' token payload, B random windows sliced and
   stacked with numpy, handed over with `torch.from_numpy` (plus `.pin_memory()` with CUDA) —
@@ -31,8 +31,8 @@ import numpy as np
 import torch
 
 from pipeline import _rust
-from pipeline.loader import DataLoader
-from pipeline.shards import read_manifest
+from pipeline.data.loader import DataLoader
+from pipeline.data.shards import read_manifest
 
 __all__ = ["pack_synthetic", "run"]
 

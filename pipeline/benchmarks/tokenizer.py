@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.tokenizer import GPT4_SPLIT_PATTERN, Tokenizer
+from pipeline.data.tokenizer import GPT4_SPLIT_PATTERN, Tokenizer
 
 SHARED_TEXT = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "text"
 

@@ -9,7 +9,7 @@ Modules:
 
 Run one variant (the `eval` stage does this for each):
 
-    >>> from pipeline.settings import load_settings                  # doctest: +SKIP
+    >>> from pipeline.config.settings import load_settings                  # doctest: +SKIP
     >>> from pipeline.evaluation import evaluate_variant             # doctest: +SKIP
     >>> metrics = evaluate_variant(load_settings(), "lrt")           # doctest: +SKIP
     >>> metrics["val_bpb"], metrics["core"]                          # doctest: +SKIP

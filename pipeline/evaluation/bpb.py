@@ -219,7 +219,7 @@ def evaluate_bpb(
 
     Args:
         loss_fns: Mode name -> `(idx, targets) -> (B, T)` nats (see `lrt_loss_fns`).
-        batches: (inputs, targets) pairs, e.g. a `pipeline.loader.DataLoader` over split "val"
+        batches: (inputs, targets) pairs, e.g. a `pipeline.data.loader.DataLoader` over split "val"
             in contiguous mode without shuffling. Moved to `device` and cast to int64 here.
         token_bytes: (vocab_size,) byte length per token id, 0 for special tokens.
         seq_len: Window length T.

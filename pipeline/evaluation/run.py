@@ -1,6 +1,6 @@
 """Evaluate one trained variant: BPB in every mode, CORE, ICL probes and samples (stage `eval`).
 
-    >>> from pipeline.settings import load_settings
+    >>> from pipeline.config.settings import load_settings
     >>> metrics = evaluate_variant(load_settings(), "lrt")     # doctest: +SKIP
 
 Reads `{train.out_dir}/{variant}/model.pt` and the shards + tokenizer in `tokenizer.out_dir`;
@@ -31,7 +31,6 @@ from typing import Any
 
 import torch
 
-from pipeline.eval_bundle import core_status
 from pipeline.evaluation.batching import MAX_ROWS, budget_bytes, sequential_rows
 from pipeline.evaluation.bpb import (
     bpb_metrics,
@@ -40,6 +39,7 @@ from pipeline.evaluation.bpb import (
     lrt_loss_fns,
     supported_modes,
 )
+from pipeline.evaluation.bundle import core_status
 from pipeline.evaluation.core import core_metrics, evaluate_core, load_tasks, lrt_scorer
 from pipeline.evaluation.icl import evaluate_synthetic, in_context_gain
 from pipeline.evaluation.samples import generate_samples, write_samples
@@ -51,7 +51,7 @@ CORE_MODES_LRT = ("init", "sequential")  # zero memory vs recurrent memory
 
 def load_tokenizer(data_dir: str | Path) -> Any:
     """The tokenizer saved next to the shards (`tokenizer*` in `data_dir`)."""
-    from pipeline.tokenizer import Tokenizer, find_tokenizer
+    from pipeline.data.tokenizer import Tokenizer, find_tokenizer
 
     path = find_tokenizer(data_dir)
     if path is None:
@@ -86,7 +86,7 @@ def _finite(x: Any) -> Any:
 
 
 def _write_json(path: Path, obj: Any) -> Path:
-    from pipeline.checkpoint import atomic_write_text
+    from pipeline.train.checkpoint import atomic_write_text
 
     return atomic_write_text(path, json.dumps(_finite(obj), indent=2) + "\n")
 
@@ -107,7 +107,7 @@ def evaluate_model(
 
     Args:
         model: An `lrt.LRT` in eval mode on `device`.
-        tokenizer: `pipeline.tokenizer.Tokenizer` of the shards.
+        tokenizer: `pipeline.data.tokenizer.Tokenizer` of the shards.
         eval_settings: The `eval` settings section.
         data_dir: Folder of the packed shards (its val split is scored).
         val_batches: (inputs, targets) batches to score instead of reading `data_dir`.
@@ -150,7 +150,7 @@ def evaluate_model(
     # -- BPB ------------------------------------------------------------------------------------
     t0 = time.perf_counter()
     if val_batches is None:
-        from pipeline.loader import validation_loader
+        from pipeline.data.loader import validation_loader
 
         if data_dir is None:
             raise ValueError("evaluate_model needs data_dir or val_batches")
@@ -322,7 +322,7 @@ def evaluate_variant(settings: Any, variant: str, *, tracker: Any = None) -> dic
     and samples.json next to it.
 
     Args:
-        settings: `pipeline.settings.Settings`.
+        settings: `pipeline.config.settings.Settings`.
         variant: Run folder name (normally a key of `train.variants`).
         tracker: None (no MLflow), a `pipeline.tracking.Tracker` (opens the `eval/<variant>`
             child run unless one is active), or an object with `log_metrics` / `log_artifact`
@@ -342,7 +342,7 @@ def evaluate_variant(settings: Any, variant: str, *, tracker: Any = None) -> dic
         )
 
     def run(logger: Any) -> dict[str, Any]:
-        from pipeline.checkpoint import load_model
+        from pipeline.train.checkpoint import load_model
 
         device = _device(settings.train.device)
         model, strategy, state = load_model(model_path, device=device)
@@ -370,7 +370,7 @@ def evaluate_variant(settings: Any, variant: str, *, tracker: Any = None) -> dic
                 logger.log_artifact(p)
             _log_model_params(logger, settings, variant, model)
             if getattr(logger, "log_generator", None) is not None:
-                from pipeline.tokenizer import find_tokenizer
+                from pipeline.data.tokenizer import find_tokenizer
 
                 logger.log_generator(model_path, find_tokenizer(data_dir))
         return metrics
@@ -424,7 +424,7 @@ def _log_model_params(logger: Any, settings: Any, variant: str, model: Any) -> N
     if getattr(logger, "log_params", None) is None:
         return
     try:
-        from pipeline.settings import variant_settings
+        from pipeline.config.settings import variant_settings
 
         m, st = variant_settings(settings, variant)
     except Exception:  # noqa: BLE001 - a run folder outside train.variants: no settings

@@ -78,7 +78,7 @@ def _run_kinds(kinds, quick, data, core, out, seeds, steps, arms, device, tracki
         raise click.BadParameter(f"{device!r}: use auto, cpu or cuda[:N]", param_hint="--device")
     tracker = None
     if tracking:
-        from pipeline.settings import DEFAULT_CONFIG, load_settings
+        from pipeline.config.settings import DEFAULT_CONFIG, load_settings
         from pipeline.tracking import Tracker
 
         cfg = (

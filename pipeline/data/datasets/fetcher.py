@@ -7,7 +7,7 @@ For each shard of a `ShardPlan`, in a thread pool of `workers`:
    raw folder when writing a staging copy) is hard-linked, or copied across file systems;
 3. hub: datasets with a repo id go through `huggingface_hub.hf_hub_download` (HF_TOKEN,
    HF_ENDPOINT, its cache: a shard already in the cache is linked, not fetched again);
-4. plain: other URLs through `pipeline.sources.fetch` (HTTP Range resume of `NAME.tmp.part`).
+4. plain: other URLs through `pipeline.data.sources.fetch` (HTTP Range resume of `NAME.tmp.part`).
 
 A shard reaches `dest/NAME` only by a rename of a complete, verified file (`NAME.tmp`); a file
 whose footer does not parse is fetched once more, then the download fails naming its URL.
@@ -31,10 +31,10 @@ from typing import Any
 
 import polars as pl
 
-from pipeline.data_sources.planning import ShardPlan
-from pipeline.data_sources.progress import Progress
-from pipeline.data_sources.table import DatasetSpec
-from pipeline.sources import sha256_file
+from pipeline.data.datasets.planning import ShardPlan
+from pipeline.data.datasets.progress import Progress
+from pipeline.data.datasets.table import DatasetSpec
+from pipeline.data.sources import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class ShardResult:
     origin: str  # present | reused | hub | fetched
 
     def entry(self) -> dict[str, Any]:
-        """The raw-manifest entry (`pipeline.sources` format plus `shard`). `origin` stays out:
+        """The raw-manifest entry (`pipeline.data.sources` format plus `shard`). `origin` stays out:
         the manifest must not change when a re-run finds the same shards."""
         return {
             "name": self.path.name,
@@ -113,7 +113,7 @@ def download_shards(
 
     Args:
         spec: The dataset.
-        shard_plan: Shards to fetch (`pipeline.data_sources.planning`).
+        shard_plan: Shards to fetch (`pipeline.data.datasets.planning`).
         dest: Output folder (created).
         workers: Shards transferred at once.
         reuse_dirs: Folders whose verified shards of the same name are linked, never fetched.
@@ -126,7 +126,7 @@ def download_shards(
         DownloadError: a shard failed after its retries or is not valid parquet twice (the
             message names its URL).
     """
-    from pipeline.sources import DownloadError
+    from pipeline.data.sources import DownloadError
 
     if workers < 1:
         raise ValueError(f"data.workers={workers} must be >= 1")
@@ -249,7 +249,7 @@ class _Job:
         return self._from_url(index, tmp)
 
     def _from_url(self, index: int, tmp: Path) -> tuple[int, str, int]:
-        from pipeline import sources
+        from pipeline.data import sources
 
         url = self.spec.url(index)
         part = tmp.with_name(tmp.name + ".part")
@@ -277,7 +277,7 @@ class _Job:
     def _from_hub(self, index: int, name: str, tmp: Path) -> tuple[int, str, int]:
         from huggingface_hub import hf_hub_download
 
-        from pipeline.sources import DownloadError
+        from pipeline.data.sources import DownloadError
 
         progress = self.progress
         progress.start_shard(index)

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pipeline.shards import Manifest
+    from pipeline.data.shards import Manifest
 
 __all__ = [
     "PART_FILE",
@@ -171,7 +171,7 @@ def merge_parts(out_dir: str | Path, *, tokenizer_hash: str | None = None) -> Ma
         PartTokenizerMismatchError: parts made with different tokenizers, or with another
             tokenizer than `tokenizer_hash` (the folder's `tokenizer.bpe`).
     """
-    from pipeline.shards import (
+    from pipeline.data.shards import (
         MANIFEST_NAME,
         ShardFormatError,
         _manifest_from_json,

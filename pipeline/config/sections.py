@@ -1,7 +1,7 @@
 """The settings of each pipeline component: one pydantic model per section of params.yaml.
 
 Every model forbids unknown keys and documents each field (attribute docstrings, shown by
-`lrt-pipeline config show` and docs/PIPELINE.md). `pipeline.settings` composes them into
+`lrt-pipeline config show` and docs/PIPELINE.md). `pipeline.config.settings` composes them into
 `Settings` and layers params.yaml, the environment and `--set` overrides on top; import them
 from there.
 
@@ -28,7 +28,7 @@ MAX_LR = 100.0
 against the device when training starts (`train.max_memory_gb`)."""
 
 EVAL_BUNDLE_URL = "https://karpathy-public.s3.us-west-2.amazonaws.com/eval_bundle.zip"
-"""nanochat's eval bundle (its base_eval `EVAL_BUNDLE_URL`; pipeline.eval_bundle.DEFAULT_URL)."""
+"""nanochat's eval bundle (its base_eval `EVAL_BUNDLE_URL`; pipeline.evaluation.bundle.DEFAULT_URL)."""
 FINEWEB_EDU_URL = "https://huggingface.co/datasets/karpathy/fineweb-edu-100b-shuffle/resolve/main"
 
 __all__ = [

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
-from pipeline.data_sources.planning import format_bytes, format_duration
+from pipeline.data.datasets.planning import format_bytes, format_duration
 
 __all__ = ["Progress"]
 

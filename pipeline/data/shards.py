@@ -1,6 +1,6 @@
 """Token shards: pack documents into versioned, checksummed shards, and read them back.
 
-    from pipeline.shards import pack_files, read_manifest, read_shard
+    from pipeline.data.shards import pack_files, read_manifest, read_shard
     manifest = pack_files([Path("corpus.jsonl.zst")], tokenizer, "data/tokens")
     header, tokens = read_shard("data/tokens/train_0000.bin")
 
@@ -26,7 +26,7 @@ import numpy as np
 
 from pipeline import _rust
 from pipeline._rust import ShardFormatError, TokenizerMismatchError
-from pipeline.parts import PartSpec
+from pipeline.data.parts import PartSpec
 
 __all__ = [
     "FORMAT_VERSION",
@@ -53,7 +53,7 @@ _BATCH_CHARS = 32 << 20
 
 
 class TokenizerLike(Protocol):
-    """What packing needs of a tokenizer (`pipeline.tokenizer.Tokenizer` satisfies it)."""
+    """What packing needs of a tokenizer (`pipeline.data.tokenizer.Tokenizer` satisfies it)."""
 
     bos_id: int
     vocab_size: int
@@ -534,7 +534,7 @@ def pack_files(
     record); each keeps its single-run document number, so its train/val draw is unchanged.
     `file_documents` (each file's document count, e.g. from the raw manifest) lets files
     outside the range be skipped unopened; without it every file is read once to count.
-    `inputs_id` identifies the input data for `pipeline.parts.merge_parts` (default: a hash of
+    `inputs_id` identifies the input data for `pipeline.data.parts.merge_parts` (default: a hash of
     the file names and counts). Merge the parts with `merge_parts`.
 
     Example:

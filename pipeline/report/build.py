@@ -8,10 +8,10 @@ available" line instead of an error. Plots are matplotlib (Agg) PNGs, inlined as
 HTML and written to `reports/figures/` for the Markdown and DVC; `reports/headline.json` (DVC
 metrics) and `reports/*_curves.csv` (DVC's vega-lite overlays) are written beside them.
 
-Modules: `pipeline.report_data` (inputs and comparisons), `pipeline.report_plots` (figures),
+Modules: `pipeline.report.data` (inputs and comparisons), `pipeline.report.plots` (figures),
 this one (sections, HTML/Markdown, the stage); names of the first two are re-exported here.
 
-    >>> from pipeline.report import render_report
+    >>> from pipeline.report.build import render_report
     >>> render_report("runs", "reports", tokens_stats="data/tokens/stats.json")  # doctest: +SKIP
 """
 
@@ -27,8 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.checkpoint import atomic_write_bytes, atomic_write_text
-from pipeline.report_data import (  # noqa: F401 - re-exported: `pipeline.report` is the public API
+from pipeline.report.data import (  # noqa: F401 - re-exported: `pipeline.report.build` is the public API
     COMPUTE_TOLERANCE,
     CURVE_FILES,
     EVAL_BPB_LABEL,
@@ -56,7 +55,7 @@ from pipeline.report_data import (  # noqa: F401 - re-exported: `pipeline.report
     summary_table,
     write_curves,
 )
-from pipeline.report_plots import (  # noqa: F401 - re-exported
+from pipeline.report.plots import (  # noqa: F401 - re-exported
     DVC_FIGURES,
     PALETTE,
     _placeholder_png,
@@ -66,13 +65,14 @@ from pipeline.report_plots import (  # noqa: F401 - re-exported
     plot_curves,
     plot_sweep,
 )
+from pipeline.train.checkpoint import atomic_write_bytes, atomic_write_text
 
 
 def load_runs(runs_dir: str | Path, eval_dir: str | Path | None = None) -> list[RunData]:
-    """`pipeline.report_data.load_runs` without hidden subfolders: a failed or running train
+    """`pipeline.report.data.load_runs` without hidden subfolders: a failed or running train
     or eval leaves its staging folder (`runs/.VARIANT.partial`, `.VARIANT.new-*`) in `runs/`,
     which is not a variant."""
-    from pipeline import report_data
+    from pipeline.report import data as report_data
 
     return [r for r in report_data.load_runs(runs_dir, eval_dir) if not r.name.startswith(".")]
 
@@ -633,7 +633,7 @@ def build_report(settings: Any) -> Path:
     results from `report.out_dir/sweep.json`; writes into `report.out_dir`.
 
     Args:
-        settings: `pipeline.settings.Settings`.
+        settings: `pipeline.config.settings.Settings`.
 
     Returns:
         Path of report.html.

@@ -1,9 +1,9 @@
 """The report's inputs and comparisons: run folders read into `RunData`, BPB per purpose, the
 LRT-vs-baseline numbers (equal tokens, matched compute), the CLI summary table, and the
-long-format curves DVC plots. Pure functions over files other stages wrote; `pipeline.report`
+long-format curves DVC plots. Pure functions over files other stages wrote; `pipeline.report.build`
 renders them.
 
-    >>> from pipeline.report_data import load_runs, headline_deltas
+    >>> from pipeline.report.data import load_runs, headline_deltas
     >>> headline_deltas(load_runs("runs"))                        # doctest: +SKIP
     {'lrt/bpb': 1.25, 'lrt/delta_equal_tokens': -0.05}
 """
@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.checkpoint import atomic_write_text
+from pipeline.train.checkpoint import atomic_write_text
 
 NA = "not available"
 NOT_REACHED = "not reached"

@@ -1,7 +1,7 @@
 """Training loop (stage `train`): one variant, one device or many (torchrun / DDP).
 
-    >>> from pipeline.settings import load_settings
-    >>> from pipeline.training import train_variant
+    >>> from pipeline.config.settings import load_settings
+    >>> from pipeline.train.loop import train_variant
     >>> metrics = train_variant(load_settings(), "lrt")          # doctest: +SKIP
 
 A step draws `accum = total_batch_tokens / (device_batch_size * seq_len * world_size)`
@@ -13,7 +13,7 @@ Outputs in `{train.out_dir}/{variant}/` (rank 0 only):
     train_log.csv       step, tokens, effective_flops, lr, loss, pass losses, val_bpb, tok/s, MFU
     val_log.csv         the validation rows only (clean DVC plots)
     train_metrics.json  final metrics + the configs
-    model.pt            final weights + configs (`pipeline.checkpoint.load_model`)
+    model.pt            final weights + configs (`pipeline.train.checkpoint.load_model`)
     ckpt/step_*.pt      resumable checkpoints (model, optimizer, loader, RNG, step)
 
 Ctrl-C / SIGTERM finish the current step, write a checkpoint and exit non-zero
@@ -51,7 +51,7 @@ from torch import nn
 from lrt import accounting
 from lrt.config import LRTConfig, StrategyConfig
 from lrt.optim import OptimizerRecipe
-from pipeline.checkpoint import (
+from pipeline.train.checkpoint import (
     CheckpointError,
     atomic_write_text,
     check_config,
@@ -178,7 +178,7 @@ def recipe_from_settings(ts: Any) -> OptimizerRecipe:
     momentum / weight-decay schedules, batch and depth scalings and gradient clip.
 
     Example:
-        >>> from pipeline.settings import TrainSettings
+        >>> from pipeline.config.settings import TrainSettings
         >>> r = recipe_from_settings(TrainSettings(reference_batch_tokens=None))
         >>> r.lr_scale(1024), r.weight_decay_at(depth=12), r.grad_clip
         (1.0, 0.2, 0.0)
@@ -308,7 +308,7 @@ def evaluate_bpb(
     Returns:
         {"val_loss": ..., "val_bpb": ...} for mode "init", plus `val_bpb_<mode>` for others.
     """
-    from pipeline.loader import validation_loader
+    from pipeline.data.loader import validation_loader
 
     tb = (
         None
@@ -487,8 +487,8 @@ class _Run:
         keep_checkpoints: int,
     ) -> None:
         from lrt.model import LRT
-        from pipeline.loader import DataLoader
-        from pipeline.shards import read_manifest
+        from pipeline.data.loader import DataLoader
+        from pipeline.data.shards import read_manifest
 
         self.ts, self.data_dir, self.out_dir, self.variant = ts, data_dir, out_dir, variant
         self.model_cfg, self.strategy = model_cfg, strategy_cfg
@@ -920,7 +920,7 @@ def train(
     Args:
         model_cfg: Architecture (its vocabulary must cover the shards').
         strategy_cfg: Training strategy (pathway usage per step).
-        train_settings: `pipeline.settings.TrainSettings` (batch, budget, LRs, cadence, device).
+        train_settings: `pipeline.config.settings.TrainSettings` (batch, budget, LRs, cadence, device).
         data_dir: Folder of packed shards (train and val splits).
         out_dir: Run folder (`runs/<variant>`).
         resume: Continue from the newest loadable checkpoint in `out_dir/ckpt`.
@@ -1049,7 +1049,7 @@ def train(
     if track:
         finals = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
         _track(tracker, "log_metrics", {f"final/{k}": v for k, v in finals.items()}, step=run.step)
-        # model.pt is a weights_only-loadable state dict (pipeline.checkpoint.load_model).
+        # model.pt is a weights_only-loadable state dict (pipeline.train.checkpoint.load_model).
         for name in ("train_log.csv", "val_log.csv", "train_metrics.json", "model.pt"):
             if (out_dir / name).is_file():
                 _track(tracker, "log_artifact", out_dir / name)
@@ -1128,7 +1128,7 @@ def train_variant(
     from the shard manifest.
 
     Args:
-        settings: `pipeline.settings.Settings`.
+        settings: `pipeline.config.settings.Settings`.
         variant: A key of `settings.train.variants`.
         resume: Continue from the newest checkpoint of this variant.
         tracker: None (no MLflow), a `pipeline.tracking.Tracker` (opens the `train/<variant>`
@@ -1139,7 +1139,7 @@ def train_variant(
         The final metrics dict (see `train`).
     """
     from pipeline.atomic import output_dir, partial_dir
-    from pipeline.settings import variant_settings, variant_train_settings
+    from pipeline.config.settings import variant_settings, variant_train_settings
 
     model_s, strategy_s = variant_settings(settings, variant)
     train_s = variant_train_settings(settings, variant)  # the variant's budget applied
@@ -1207,8 +1207,8 @@ def _tokenizer_info(data_dir: Path) -> tuple[int, str | None, np.ndarray | None]
     what the loader checks the shards against, so shards from another tokenizer fail loudly;
     without it there is no BPB (validation loss only) and the manifest's hash is used.
     """
-    from pipeline.shards import read_manifest
-    from pipeline.tokenizer import Tokenizer, find_tokenizer
+    from pipeline.data.shards import read_manifest
+    from pipeline.data.tokenizer import Tokenizer, find_tokenizer
 
     manifest = read_manifest(data_dir)
     path = find_tokenizer(data_dir)

@@ -11,10 +11,10 @@
     shards = ceil(tokens x bytes_per_token / shard_text_bytes)
 
 with bytes_per_token measured with the run's tokenizer on this dataset's text when both are at
-hand, else the dataset's documented default (`pipeline.data_sources.table`).
+hand, else the dataset's documented default (`pipeline.data.datasets.table`).
 
 Example:
-    >>> from pipeline.data_sources.table import dataset
+    >>> from pipeline.data.datasets.table import dataset
     >>> p = plan(dataset("fineweb-edu"), 3)
     >>> p.train, p.val
     ((0, 1, 2), 1822)
@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pipeline.data_sources.table import DatasetSpec, dataset
+from pipeline.data.datasets.table import DatasetSpec, dataset
 
 __all__ = [
     "InsufficientDiskError",
@@ -217,8 +217,8 @@ def run_tokens(settings: Any, vocab_size: int | None = None) -> dict[str, Any]:
          "vocab_size": int}
     """
     from lrt.accounting import param_counts
-    from pipeline.settings import variant_settings, variant_train_settings
-    from pipeline.training import plan_steps
+    from pipeline.config.settings import variant_settings, variant_train_settings
+    from pipeline.train.loop import plan_steps
 
     vocab = int(vocab_size or settings.tokenizer.vocab_size)
     best: dict[str, Any] | None = None
@@ -251,7 +251,7 @@ def measure_bytes_per_token(
     given parquet files (None when they hold no text)."""
     import polars as pl
 
-    from pipeline.tokenizer import Tokenizer
+    from pipeline.data.tokenizer import Tokenizer
 
     texts: list[str] = []
     total = 0
@@ -311,7 +311,7 @@ def paper_d20(
         >>> r["shards"], r["train_shards"], r["variant"]
         (80, 79, 'lrt')
     """
-    from pipeline.settings import load_settings
+    from pipeline.config.settings import load_settings
 
     spec = dataset(dataset_name)
     overrides = [

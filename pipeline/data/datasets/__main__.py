@@ -1,7 +1,7 @@
 """Shards and download time of the paper's d20 run (docs/DATA.md, the README quotes it).
 
-python -m pipeline.data_sources                           # fineweb-edu, 100 MB/s and 1 GB/s
-python -m pipeline.data_sources --dataset climbmix --bandwidth-mbs 50 500
+python -m pipeline.data.datasets                           # fineweb-edu, 100 MB/s and 1 GB/s
+python -m pipeline.data.datasets --dataset climbmix --bandwidth-mbs 50 500
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline.data_sources.planning import format_bytes, format_duration, paper_d20
+from pipeline.data.datasets.planning import format_bytes, format_duration, paper_d20
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,7 +6,7 @@ it, so `dvc repro` trains on every GPU of the node without leaving DVC. Inside t
 `LOCAL_RANK` is set) nothing is re-launched: the process is a rank. Multi-node runs are started
 by hand with torchrun's own rendezvous flags (docs/TRAINING.md).
 
-    >>> from pipeline.sections import TrainSettings
+    >>> from pipeline.config.sections import TrainSettings
     >>> resolve_nproc(TrainSettings(nproc_per_node=3, device="cpu"))
     3
     >>> resolve_nproc(TrainSettings(device="cpu"))  # auto on CPU: one process
@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from pipeline.sections import TrainSettings
+    from pipeline.config.sections import TrainSettings
 
 log = logging.getLogger(__name__)
 

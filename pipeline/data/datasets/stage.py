@@ -3,7 +3,7 @@
     result = download_dataset(settings.data, raw_dir, settings=settings, part=(1, 2))
     manifest = {..., "files": result.entries, **result.manifest_extra}
 
-`pipeline.sources.download` calls this for `data.source` in `fineweb-edu`, `climbmix`,
+`pipeline.data.sources.download` calls this for `data.source` in `fineweb-edu`, `climbmix`,
 `parquet-url`. It reads the `data` fields below when the section has them (and their
 defaults otherwise): `num_shards` (int or "auto"), `val_shard`, `workers`, `reuse_dir`,
 `hub`, `hub_cache`, `final_shard`, `file_pattern`, `base_url`, `retries`, `timeout_s`.
@@ -20,16 +20,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from pipeline.data_sources.fetcher import download_shards, hub_available, verify_shard
-from pipeline.data_sources.planning import (
+from pipeline.data.datasets.fetcher import download_shards, hub_available, verify_shard
+from pipeline.data.datasets.planning import (
     ShardPlan,
     check_disk,
     measure_bytes_per_token,
     plan,
     run_tokens,
 )
-from pipeline.data_sources.progress import Progress
-from pipeline.data_sources.table import DatasetSpec, spec_from_settings
+from pipeline.data.datasets.progress import Progress
+from pipeline.data.datasets.table import DatasetSpec, spec_from_settings
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def plan_from_settings(
     bpt = None
     source = None
     if tokenizer is not None:
-        from pipeline.tokenizer import Tokenizer
+        from pipeline.data.tokenizer import Tokenizer
 
         vocab = Tokenizer.load(tokenizer).vocab_size
         if not settings.tokenizer.pretrained and vocab != settings.tokenizer.vocab_size:
@@ -102,7 +102,7 @@ def plan_from_settings(
 
 
 def _existing_tokenizer(settings: Any) -> Path | None:
-    from pipeline.tokenizer import find_tokenizer
+    from pipeline.data.tokenizer import find_tokenizer
 
     if settings.tokenizer.pretrained:
         return Path(settings.tokenizer.pretrained)

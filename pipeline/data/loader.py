@@ -1,6 +1,6 @@
 """Zero-copy batch loader over packed token shards.
 
-    from pipeline.loader import DataLoader
+    from pipeline.data.loader import DataLoader
     loader = DataLoader("data/tokens", "train", batch_size=32, seq_len=2048, seed=0)
     for inputs, targets in loader:                       # (B, T) uint16/int32, CPU (pinned w/ CUDA)
         x = inputs.to("cuda", non_blocking=True).long()
@@ -28,7 +28,7 @@ from typing import Any, Literal
 import torch
 
 from pipeline import _rust
-from pipeline.shards import Manifest, read_manifest
+from pipeline.data.shards import Manifest, read_manifest
 
 __all__ = ["DataLoader", "validation_loader"]
 
@@ -41,7 +41,7 @@ class DataLoader:
     """Batches of (inputs, targets) from a packed split, written by Rust into torch buffers.
 
     Args:
-        data_dir: folder with `manifest.json` and the shards (`pipeline.shards.pack`).
+        data_dir: folder with `manifest.json` and the shards (`pipeline.data.shards.pack`).
         split: "train" or "val".
         batch_size, seq_len: B and T of the yielded (B, T) tensors.
         mode: "bestfit" (every row starts with BOS at a document start, rows filled by best-fit

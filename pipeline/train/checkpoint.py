@@ -38,7 +38,7 @@ import torch
 
 FORMAT_VERSION = 1
 CKPT_RE = re.compile(r"^step_(\d{8,})\.pt$")
-# Top-level keys of a training checkpoint (written by pipeline.training).
+# Top-level keys of a training checkpoint (written by pipeline.train.loop).
 TRAIN_KEYS = frozenset(
     {"format_version", "step", "model", "optimizer", "loader", "rng", "config", "progress"}
 )
@@ -315,7 +315,7 @@ def expect_data(data_dir: str | Path, *, allow_mismatch: bool = False):
 def data_provenance(data_dir: str | Path, tokenizer_hash: str | None = None) -> dict[str, Any]:
     """What a model trained on `data_dir` records: the tokenizer hash (`tokenizer_hash`, else
     the manifest's), the shard-set hash and the folder."""
-    from pipeline.shards import shard_set_hash  # lazy: needs the extension
+    from pipeline.data.shards import shard_set_hash  # lazy: needs the extension
 
     path = Path(data_dir) / "manifest.json"
     try:
@@ -323,7 +323,7 @@ def data_provenance(data_dir: str | Path, tokenizer_hash: str | None = None) -> 
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{path}: cannot read the shard manifest ({e})") from e
     if tokenizer_hash is None:
-        from pipeline.tokenizer import Tokenizer, find_tokenizer  # lazy: needs the extension
+        from pipeline.data.tokenizer import Tokenizer, find_tokenizer  # lazy: needs the extension
 
         tok_file = find_tokenizer(data_dir)
         tokenizer_hash = Tokenizer.load(tok_file).hash if tok_file else None

@@ -3,7 +3,7 @@
 nanochat (and the authors' LRT fork) save a checkpoint folder holding `model_<step:06d>.pt`
 (the model's state dict, nanochat key names) and `meta_<step:06d>.json` (key `model_config`:
 the `GPTConfig` fields). `import_nanochat` turns one into `runs/<variant>/model.pt` in the
-format of `pipeline.checkpoint.save_model`, so `eval`, `generate` and `report` run on a nanochat
+format of `pipeline.train.checkpoint.save_model`, so `eval`, `generate` and `report` run on a nanochat
 base model or an authors' checkpoint; `export_nanochat` writes a run's model back in nanochat's
 layout. The weights are mapped by `lrt.interop` (same outputs, see there).
 
@@ -26,7 +26,7 @@ from typing import Any
 import click
 import torch
 
-from pipeline.checkpoint import (
+from pipeline.train.checkpoint import (
     CheckpointError,
     atomic_torch_save,
     atomic_write_text,

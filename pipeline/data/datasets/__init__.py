@@ -2,15 +2,15 @@
 the dataset table, the shard plan with the pinned validation shard, and the parallel,
 resumable, verified download the `download` stage calls. See docs/DATA.md.
 
-    >>> from pipeline.data_sources import dataset, plan
+    >>> from pipeline.data.datasets import dataset, plan
     >>> plan(dataset("climbmix"), 2).indices
     (0, 1, 6542)
 """
 
 from __future__ import annotations
 
-from pipeline.data_sources.fetcher import ShardResult, download_shards, hub_available, verify_shard
-from pipeline.data_sources.planning import (
+from pipeline.data.datasets.fetcher import ShardResult, download_shards, hub_available, verify_shard
+from pipeline.data.datasets.planning import (
     InsufficientDiskError,
     ShardPlan,
     check_disk,
@@ -20,9 +20,9 @@ from pipeline.data_sources.planning import (
     run_tokens,
     shards_for_tokens,
 )
-from pipeline.data_sources.progress import Progress
-from pipeline.data_sources.stage import DatasetDownload, download_dataset, plan_from_settings
-from pipeline.data_sources.table import (
+from pipeline.data.datasets.progress import Progress
+from pipeline.data.datasets.stage import DatasetDownload, download_dataset, plan_from_settings
+from pipeline.data.datasets.table import (
     DATASETS,
     SOURCE_ALIASES,
     DatasetSpec,

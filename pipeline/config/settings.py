@@ -1,6 +1,6 @@
 """Typed settings for every pipeline component, and where each value came from.
 
-One pydantic model per component (`pipeline/sections.py`: `extra="forbid"`, a docstring per
+One pydantic model per component (`pipeline/config/sections.py`: `extra="forbid"`, a docstring per
 field), composed into `Settings`. Values are layered, highest first:
 
     --set a.b=c  >  environment LRT_A__B  >  --config FILE (default params.yaml)  >  defaults
@@ -36,7 +36,7 @@ import yaml
 from pydantic import BaseModel, PrivateAttr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from pipeline.sections import (
+from pipeline.config.sections import (
     PATH_FIELDS,
     SECTIONS,
     DataSettings,

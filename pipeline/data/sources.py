@@ -1,5 +1,5 @@
 """Raw-data sources for the `download` stage: builtin (offline), sharded datasets (fineweb-edu,
-climbmix, parquet-url: `pipeline.data_sources`), files.
+climbmix, parquet-url: `pipeline.data.datasets`), files.
 
 Every source leaves the same thing in `data.raw_dir`: parquet files with one `text` column (one
 row per document) and `manifest.json` listing each file's size, sha256, document count and split.
@@ -8,7 +8,7 @@ final one unless `data.val_shard`) is the validation split, as in nanochat. buil
 at tokenize time (`tokenizer.val_fraction`).
 
 Example:
-    >>> from pipeline.settings import DataSettings
+    >>> from pipeline.config.settings import DataSettings
     >>> manifest = download(DataSettings(source="builtin", max_bytes=200_000, raw_dir="/tmp/raw"))
     >>> manifest["documents"] > 0
     True
@@ -38,7 +38,7 @@ from typing import Any
 
 import polars as pl
 
-from pipeline.settings import DataSettings
+from pipeline.config.settings import DataSettings
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +105,8 @@ def download(
         FileNotFoundError: a `files` path does not exist.
         OutputLockedError: another download writes the folder (a part, or a plain download).
     """
-    from pipeline import data_sources
     from pipeline.atomic import output_dir
+    from pipeline.data import datasets as data_sources
 
     sharded = settings.source in data_sources.SOURCES
     if part is not None:
@@ -167,8 +167,8 @@ def _download_part(
     part is done, a plain `download` (same settings, no --part) links the shards, fetches any
     that are missing and writes the manifest. Returns the part's manifest (not written).
     """
-    from pipeline import data_sources
     from pipeline.atomic import locked
+    from pipeline.data import datasets as data_sources
 
     raw_dir = Path(os.path.realpath(settings.raw_dir))
     with locked(_part_lock_folder(raw_dir, part)):
@@ -204,7 +204,7 @@ def _raw_ours(name: str) -> bool:
 def _download_into(
     settings: DataSettings, raw_dir: Path, *, backoff_s: float, run: Any | None = None
 ) -> dict[str, Any]:
-    from pipeline import data_sources
+    from pipeline.data import datasets as data_sources
 
     extra: dict[str, Any] = {}
     if settings.source in data_sources.SOURCES:
@@ -595,7 +595,7 @@ def _write_documents(docs: Iterable[str], raw_dir: Path) -> list[dict[str, Any]]
 
 
 # ---------------------------------------------------------------------------------------------
-# Resumable, verified HTTP(S) download of one file (sharded datasets: pipeline.data_sources)
+# Resumable, verified HTTP(S) download of one file (sharded datasets: pipeline.data.datasets)
 # ---------------------------------------------------------------------------------------------
 
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")

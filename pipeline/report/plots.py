@@ -2,7 +2,7 @@
 from the baseline) and the compute sweep, one line per variant. Each returns PNG bytes, or None
 when no run has the data.
 
-    >>> from pipeline.report_data import load_runs
+    >>> from pipeline.report.data import load_runs
     >>> png = plot_curves(load_runs("runs"), "val", "tokens", "val_bpb", xlabel="tokens",
     ...                   ylabel="BPB", title="val BPB")          # doctest: +SKIP
 """
@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.report_data import NA, RunData, _num, run_buckets
+from pipeline.report.data import NA, RunData, _num, run_buckets
 
 PALETTE = ["#1f4e79", "#c0392b", "#2e8b57", "#8e44ad", "#d68910", "#17a589", "#7f8c8d", "#e67e22"]
 

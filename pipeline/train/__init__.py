@@ -1,0 +1,4 @@
+"""Training: the loop and its run state, device and distributed set-up, logs, checkpoints
+(`checkpoint`), the torchrun relaunch (`launch`) and nanochat checkpoint import/export
+(`nanochat_io`). Reads `pipeline.data` and `pipeline.config`.
+"""
