@@ -254,7 +254,7 @@ def _time_run(
     import torch
 
     from lrt import accounting
-    from pipeline.benchmarks.step import TrainBench
+    from pipeline.benchmarks.train_timing import TrainBench
 
     dev = _device()
     _mem_reset(dev)
@@ -337,7 +337,7 @@ def worker_train(part: Part, cfg: dict[str, Any], *, compiled: bool) -> None:
 
 def worker_decode(part: Part, cfg: dict[str, Any]) -> None:
     """Baseline vs LRT decoding per decoder mode and batch size (cheap modes first)."""
-    from pipeline.benchmarks.step import time_decode
+    from pipeline.benchmarks.decode_timing import time_decode
 
     dev = _device()
     base, lrt = _train_cfgs(cfg)
@@ -427,7 +427,9 @@ def worker_quality(part: Part, cfg: dict[str, Any], data_dir: Path, budget_s: fl
     from lrt.config import LRTConfig, StrategyConfig
     from lrt.optim import build_optimizer
     from lrt.schedule import lr_multiplier, muon_momentum
-    from pipeline.benchmarks.step import _autocast, _build, _sync
+    from pipeline.benchmarks.device import autocast as _autocast
+    from pipeline.benchmarks.device import build_model as _build
+    from pipeline.benchmarks.device import sync as _sync
     from pipeline.data.loader import DataLoader
 
     t_start = time.perf_counter()

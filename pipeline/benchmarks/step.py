@@ -19,12 +19,8 @@ numbers only within one run (one device).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import gc
 import json
 import statistics
-import time
-import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,7 +29,8 @@ import torch
 
 from lrt import accounting
 from lrt.config import LRTConfig, StrategyConfig
-from lrt.optim import OptimizerRecipe
+from pipeline.benchmarks.decode_timing import DECODE_MODES, time_decode
+from pipeline.benchmarks.train_timing import describe_error, time_train, time_train_interleaved
 
 DEFAULT_STRATEGIES = ("interleaved:2", "multi_refine:1", "chunked:64")
 
@@ -61,241 +58,6 @@ def label(st: StrategyConfig) -> str:
         "chunked": st.chunk_size,
     }.get(st.name)
     return st.name if size is None else f"{st.name}:{size}"
-
-
-# ---------------------------------------------------------------------------------------------
-# Measurements
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def _build(cfg: LRTConfig, device: torch.device, compile_model: bool, seed: int = 0):
-    from lrt.model import LRT
-
-    torch.manual_seed(seed)
-    with torch.device("meta"):
-        model = LRT(cfg)
-    model.to_empty(device=device)
-    model.init_weights()
-    model.train()
-    if compile_model:
-        model.compile(dynamic=False)  # compiles __call__, so strategy passes (model(...)) use it
-    return model
-
-
-class TrainBench:
-    """One model + optimizer + fixed batch whose training step can be timed repeatedly."""
-
-    def __init__(
-        self,
-        cfg: LRTConfig,
-        strategy: StrategyConfig,
-        device: torch.device,
-        *,
-        batch_size: int,
-        compile_model: bool,
-    ) -> None:
-        self.cfg, self.strategy, self.device, self.batch_size = cfg, strategy, device, batch_size
-        self.model = _build(cfg, device, compile_model)
-        # the training recipe's optimizer (nanochat's, with weight decay: its cautious mask)
-        self.opt = OptimizerRecipe().build(self.model, batch_size * cfg.seq_len)
-        g = torch.Generator().manual_seed(0)
-        data = torch.randint(0, cfg.vocab_size, (batch_size, cfg.seq_len + 1), generator=g)
-        data = data.to(device)
-        self.idx, self.tgt = data[:, :-1], data[:, 1:]
-        self.times: list[float] = []
-        self.opt_times: list[float] = []
-        self.loss = float("nan")
-        # (idx, targets) -> scalar loss; replace with a compiled version to time a whole-loss
-        # compile (`torch.compile(bench.loss_fn)`)
-        self.loss_fn: Any = lambda idx, tgt: self.model.forward_train(idx, tgt, strategy).loss
-
-    def step(self, timed: bool = True) -> None:
-        """One training step: forward (all passes of the strategy), backward, optimizer.
-
-        The optimizer is timed on its own too (a synchronise between backward and the
-        optimizer step; it removes only the overlap of the optimizer's launches with the end
-        of the backward)."""
-        _sync(self.device)
-        t0 = time.perf_counter()
-        with _autocast(self.device):
-            loss = self.loss_fn(self.idx, self.tgt)
-        loss.backward()
-        _sync(self.device)
-        t1 = time.perf_counter()
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
-        _sync(self.device)
-        if timed:
-            t2 = time.perf_counter()
-            self.times.append(t2 - t0)
-            self.opt_times.append(t2 - t1)
-        self.loss = loss.item()
-
-    def result(self) -> dict[str, Any]:
-        step_s = statistics.median(self.times)
-        out = {
-            "step_ms": 1e3 * step_s,
-            "optimizer_ms": 1e3 * statistics.median(self.opt_times),
-            "step_ms_all": [round(1e3 * t, 3) for t in self.times],
-            "tokens_per_s": self.batch_size * self.cfg.seq_len / step_s,
-            "flops_per_token": accounting.flops_per_token(self.cfg, self.strategy),
-            "loss": self.loss,
-        }
-        if self.device.type == "cuda":
-            peak = accounting.peak_flops(torch.cuda.get_device_name(self.device))
-            out["mfu"] = accounting.mfu(out["flops_per_token"], out["tokens_per_s"], peak)
-        return out
-
-    def close(self) -> None:
-        del self.model, self.opt
-        gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
-
-
-def time_train(
-    cfg: LRTConfig,
-    strategy: StrategyConfig,
-    device: torch.device,
-    *,
-    steps: int,
-    warmup: int,
-    batch_size: int,
-    compile_model: bool,
-) -> dict[str, Any]:
-    """Median wall time of a training step (fwd + bwd + optimizer), alone on the device; on
-    CUDA also the peak memory of building and training this one model."""
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-    bench = TrainBench(cfg, strategy, device, batch_size=batch_size, compile_model=compile_model)
-    for i in range(warmup + steps):
-        bench.step(timed=i >= warmup)
-    result = bench.result()
-    if device.type == "cuda":
-        result["peak_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
-    bench.close()
-    return result
-
-
-def time_train_interleaved(
-    runs: Sequence[tuple[str, LRTConfig, StrategyConfig]],
-    device: torch.device,
-    *,
-    steps: int,
-    warmup: int,
-    batch_size: int,
-    compile_model: bool,
-    errors: dict[str, str],
-) -> dict[str, dict[str, Any]]:
-    """Like `time_train` for several runs at once, stepping them round-robin so that load from
-    other processes (shared CPUs) hits every run alike. No memory figures."""
-    benches: dict[str, TrainBench] = {}
-    for name, cfg, st in runs:
-        try:
-            benches[name] = TrainBench(
-                cfg, st, device, batch_size=batch_size, compile_model=compile_model
-            )
-            for _ in range(warmup):
-                benches[name].step(timed=False)
-        except Exception as exc:  # noqa: BLE001 - record and go on with the other runs
-            errors[f"train/{name}"] = _describe(exc)
-            benches.pop(name, None)
-    for _ in range(steps):
-        for bench in benches.values():
-            bench.step()
-    results = {name: b.result() for name, b in benches.items()}
-    for b in benches.values():
-        b.close()
-    return results
-
-
-DECODE_MODES = ("eager", "eager_bf16", "static", "graph", "graph_unfused", "compiled_graph")
-
-
-@torch.no_grad()
-def time_decode(
-    cfg: LRTConfig,
-    device: torch.device,
-    *,
-    batch_size: int,
-    tokens: int,
-    warmup: int = 2,
-    mode: str = "eager",
-) -> dict[str, Any]:
-    """Greedy decoding throughput (tokens/s over the batch) from an empty cache.
-
-    mode: "eager" = `lrt.decode.decode_step` (growing `KVCache`) under bf16 autocast with fp32
-    weights on CUDA (how training-time evaluation decodes). Every other mode decodes a copy of
-    the model cast to bf16 on CUDA (fp32 on CPU) without autocast: "eager_bf16" =
-    `decode_step` on it, the reference for the static modes (same dtype, no per-step weight
-    casts); "static" = `lrt.static_decode.StaticDecoder` stepped eagerly, "graph" = replayed
-    as a CUDA graph, "graph_unfused" = the same without the stacked projections,
-    "compiled_graph" = compiled with inductor, then replayed as a CUDA graph. The static modes
-    attend over a cache of warmup + tokens rows (rounded up to 16) at every step; the eager
-    cache grows.
-    """
-    from lrt.decode import decode_step, new_state
-    from lrt.static_decode import StaticDecoder
-
-    if mode not in DECODE_MODES:
-        raise ValueError(f"decode mode must be one of {DECODE_MODES}, got {mode!r}")
-    if mode in ("graph", "graph_unfused", "compiled_graph") and device.type != "cuda":
-        raise ValueError(f"decode mode {mode!r} needs CUDA")
-    model = _build(cfg, device, compile_model=False)
-    model.eval()
-    if mode != "eager" and device.type == "cuda":
-        model = model.to(torch.bfloat16)
-    total = warmup + tokens
-    nxt = torch.zeros(batch_size, dtype=torch.long, device=device)
-    setup_s = 0.0
-    decoder = None
-    if mode in ("eager", "eager_bf16"):
-        state = new_state(model, batch_size, total)
-
-        def step(tok: torch.Tensor) -> torch.Tensor:
-            with _autocast(device) if mode == "eager" else contextlib.nullcontext():
-                return decode_step(model, state, tok)
-    else:
-        t_setup = time.perf_counter()
-        decoder = StaticDecoder(
-            model,
-            batch_size,
-            total,
-            compile_backend="inductor" if mode == "compiled_graph" else None,
-            cuda_graph=mode != "static",
-            fuse=mode != "graph_unfused",
-        )
-        _sync(device)
-        setup_s = time.perf_counter() - t_setup
-        step = decoder.step
-    t0 = 0.0
-    for i in range(total):
-        if i == warmup:
-            _sync(device)
-            t0 = time.perf_counter()
-        nxt = step(nxt).argmax(dim=-1)
-    _sync(device)
-    elapsed = time.perf_counter() - t0
-    model = step = decoder = None  # free the model, cache and graph pool before the next run
-    gc.collect()
-    return {
-        "mode": mode,
-        "tokens_per_s": batch_size * tokens / elapsed,
-        "ms_per_step": 1e3 * elapsed / tokens,
-        "setup_s": setup_s,
-        "flops_per_token": accounting.decode_flops_per_token(cfg, context=(total + 1) // 2),
-    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -398,7 +160,7 @@ def run(
         for name, cfg in (("baseline", base_cfg), ("lrt", lrt_cfg)):
             result["params"][name] = accounting.param_counts(cfg)["total"]
     except Exception as exc:  # noqa: BLE001 - the model may not be importable yet
-        result["errors"]["params"] = _describe(exc)
+        result["errors"]["params"] = describe_error(exc)
     kw = dict(steps=steps, warmup=warmup, batch_size=batch_size, compile_model=compile)
 
     runs = [("baseline", base_cfg, StrategyConfig())] + [(label(s), lrt_cfg, s) for s in sts]
@@ -413,7 +175,7 @@ def run(
             try:
                 result["train"][name] = time_train(cfg, st, dev, **kw)
             except Exception as exc:  # noqa: BLE001 - record and go on with the other runs
-                result["errors"][f"train/{name}"] = _describe(exc)
+                result["errors"][f"train/{name}"] = describe_error(exc)
     result["config"]["interleaved_timing"] = interleave
     train = result["train"]
     refs = [train[k] for k in ("baseline", "baseline_again") if k in train]
@@ -435,7 +197,7 @@ def run(
                     try:
                         r = time_decode(cfg, dev, batch_size=b, tokens=decode_tokens, mode=mode)
                     except Exception as exc:  # noqa: BLE001
-                        result["errors"][f"decode/{name}/{key}"] = _describe(exc)
+                        result["errors"][f"decode/{name}/{key}"] = describe_error(exc)
                         continue
                     if name not in row or r["tokens_per_s"] > row[name]["tokens_per_s"]:
                         row[name] = r
@@ -446,12 +208,6 @@ def run(
     if verbose:
         print(format_table(result))
     return result
-
-
-def _describe(exc: Exception) -> str:
-    tb = traceback.extract_tb(exc.__traceback__)
-    where = f" at {tb[-1].filename}:{tb[-1].lineno}" if tb else ""
-    return f"{type(exc).__name__}: {exc}{where}"
 
 
 def format_table(result: dict[str, Any]) -> str:
