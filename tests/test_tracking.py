@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import tracking
+from pipeline import invocation, tracking
 from pipeline.config.settings import TrackingSettings
 from pipeline.tracking import PARENT_ENV, Tracker, flatten_metrics
 
@@ -108,11 +108,11 @@ def test_stages_of_one_dvc_invocation_share_a_parent(
 ) -> None:
     """Stages of one `dvc repro` are separate processes under one dvc process; each finds the
     parent the first created. (Fresh Tracker objects stand in for the stage processes.)"""
-    monkeypatch.setattr(tracking, "_ancestors", lambda: iter([4242]))
+    monkeypatch.setattr(invocation, "_ancestors", lambda: iter([4242]))
     monkeypatch.setattr(
-        tracking, "_cmdline", lambda pid: ["/venv/bin/python", "/venv/bin/dvc", "repro"]
+        invocation, "_cmdline", lambda pid: ["/venv/bin/python", "/venv/bin/dvc", "repro"]
     )
-    monkeypatch.setattr(tracking, "_start_time", lambda pid: "777")
+    monkeypatch.setattr(invocation, "_start_time", lambda pid: "777")
     settings = _settings(store, "dvc-like")
     for name in ("download", "tokenize"):
         monkeypatch.setenv("DVC_STAGE", name)
@@ -127,7 +127,7 @@ def test_stages_of_one_dvc_invocation_share_a_parent(
     assert top.data.tags["lrt.invocation"] == "dvc:4242:777"
     assert top.info.status == "FINISHED"
     # Another dvc process gets its own parent.
-    monkeypatch.setattr(tracking, "_start_time", lambda pid: "778")
+    monkeypatch.setattr(invocation, "_start_time", lambda pid: "778")
     with Tracker(settings, system_metrics=False).stage("report"):
         pass
     assert _runs(Tracker(settings))["report"].data.tags["mlflow.parentRunId"] != parent
@@ -136,12 +136,12 @@ def test_stages_of_one_dvc_invocation_share_a_parent(
 def test_process_tree_helpers_read_proc() -> None:
     if not Path("/proc/self/stat").exists():
         pytest.skip("no /proc on this platform")
-    assert tracking._ppid(os.getpid()) == os.getppid()
-    assert tracking._cmdline(os.getpid())[0].endswith(("python", Path(sys.executable).name))
-    assert tracking._dvc_arg(["/v/bin/python", "/v/bin/dvc", "repro"]) == 1
-    assert tracking._dvc_arg(["python", "-m", "dvc", "exp", "run"]) == 2
-    assert tracking._dvc_arg(["dvc", "repro"]) == 0
-    assert tracking._dvc_arg(["python", "stages/train.py", "lrt"]) is None
+    assert invocation._ppid(os.getpid()) == os.getppid()
+    assert invocation._cmdline(os.getpid())[0].endswith(("python", Path(sys.executable).name))
+    assert invocation._dvc_arg(["/v/bin/python", "/v/bin/dvc", "repro"]) == 1
+    assert invocation._dvc_arg(["python", "-m", "dvc", "exp", "run"]) == 2
+    assert invocation._dvc_arg(["dvc", "repro"]) == 0
+    assert invocation._dvc_arg(["python", "stages/train.py", "lrt"]) is None
 
 
 def test_flatten_metrics_keeps_finite_numbers_only() -> None:
@@ -203,11 +203,11 @@ def test_describe_changes_and_parent_names(tmp_path: Path, monkeypatch: pytest.M
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
     subprocess.run([*git, "add", "params.yaml"], cwd=tmp_path, check=True)
     subprocess.run([*git, "commit", "-qm", "p"], cwd=tmp_path, check=True)
-    assert tracking.describe_changes(tmp_path, []) == []
+    assert invocation.describe_changes(tmp_path, []) == []
     (tmp_path / "params.yaml").write_text("train:\n  max_steps: 300\n  seed: 1\n")  # dvc exp -S
     monkeypatch.setenv("LRT_EVAL__CORE_MAX_ITEMS", "4")
     argv = ["lrt-pipeline", "run", "--set", "model.depth=4", "--set=strategy.subsets=3"]
-    changes = tracking.describe_changes(tmp_path, argv)
+    changes = invocation.describe_changes(tmp_path, argv)
     assert changes == [
         "train.max_steps=300",
         "model.depth=4",
