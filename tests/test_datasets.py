@@ -33,7 +33,7 @@ from pipeline.data.datasets import (
     shards_for_tokens,
     spec_from_settings,
 )
-from pipeline.data.sources import DownloadError
+from pipeline.data.http import DownloadError
 
 FINAL = 1822  # fineweb-edu-100b's last shard
 

@@ -1,4 +1,5 @@
-"""Data sources: builtin (offline), files, and fineweb-edu against a local HTTP server.
+"""Data sources (`pipeline.data.sources`, `.documents`, `.http`): builtin (offline), files, and
+fineweb-edu against a local HTTP server.
 
 The server runs on 127.0.0.1 in a thread and serves parquet files made here; it honours Range
 requests and can be told to cut a transfer short or to corrupt one response. No other network.
@@ -18,11 +19,10 @@ import pytest
 import zstandard
 
 from pipeline.config.settings import DataSettings
+from pipeline.data.documents import file_documents
+from pipeline.data.http import DownloadError, fetch
 from pipeline.data.sources import (
-    DownloadError,
     download,
-    fetch,
-    file_documents,
     iter_documents,
     raw_files,
     read_raw_manifest,
@@ -258,7 +258,7 @@ def test_files_source_errors_name_the_file(tmp_path: Path) -> None:
 _RSS_SCRIPT = """
 import resource, sys
 from pathlib import Path
-from pipeline.data.sources import file_documents
+from pipeline.data.documents import file_documents
 paths = [Path(p) for p in sys.argv[1:]]
 start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 docs = list(file_documents(paths, 1_000_000))

@@ -13,68 +13,53 @@ Example:
     >>> manifest["documents"] > 0
     True
 
-Remote downloads are resumable: bytes go to `NAME.part`, a retry asks for the rest with an
-HTTP Range header, the result must match the Content-Length/Content-Range total, and the parquet
+The readers of builtin and files are `pipeline.data.documents`. Remote downloads are resumable
+(`pipeline.data.http.fetch`): bytes go to `NAME.part`, a retry asks for the rest with an HTTP
+Range header, the result must match the Content-Length/Content-Range total, and the parquet
 footer must parse (a corrupt file is deleted and fetched once more). Nothing else touches the
 network.
 """
 
 from __future__ import annotations
 
-import hashlib
-import http.client
-import io
 import json
 import logging
 import os
 import re
-import sysconfig
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterable, Iterator, Sequence
+import time  # noqa: F401  re-export (moved): tests/test_eval_bundle.py
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
 from pipeline.config.settings import DataSettings
+from pipeline.data.documents import (
+    builtin_documents,
+    file_documents,
+    parquet_texts,
+    stdlib_root,
+)
+from pipeline.data.http import sha256_file
+
+# isort: split
+# Moved to pipeline.data.http; still importable from here (so is sha256_file, imported above,
+# for pipeline/evaluation/bundle.py; `time` above only for tests/test_eval_bundle.py's patch).
+from pipeline.data.http import DownloadError, fetch  # noqa: F401  re-export (moved): pipeline/cli.py, pipeline/evaluation/bundle.py, tests/test_eval_bundle.py
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
 DOCS_PER_PART_BYTES = 64 << 20  # split builtin/files output into parquet parts of about this size
-TEXT_SUFFIXES = (".txt", ".jsonl", ".jsonl.zst", ".parquet")
-# Standard-library folders that are tests, vendored packages or demos rather than library code.
-_STDLIB_SKIP = {
-    "site-packages",
-    "dist-packages",
-    "test",
-    "tests",
-    "idlelib",
-    "lib2to3",
-    "turtledemo",
-    "ensurepip",
-    "__pycache__",
-}
 
 __all__ = [
-    "DownloadError",
     "MANIFEST",
-    "builtin_documents",
     "download",
-    "fetch",
-    "file_documents",
     "iter_documents",
     "raw_files",
     "read_raw_manifest",
-    "sha256_file",
 ]
-
-
-class DownloadError(OSError):
-    """A remote file could not be fetched or verified after all retries."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,7 +205,7 @@ def _download_into(
     else:
         if settings.source == "builtin":
             docs = builtin_documents(settings.max_bytes)
-            origin = str(_stdlib_root())
+            origin = str(stdlib_root())
         else:
             docs = file_documents([Path(p) for p in settings.paths], settings.max_bytes)
             origin = ", ".join(settings.paths)
@@ -293,272 +278,12 @@ def iter_documents(
 ) -> Iterator[str]:
     """Documents of `raw_dir` in manifest order, streamed file by file."""
     for path in raw_files(raw_dir, split):
-        yield from _parquet_texts(path, batch_rows=batch_rows)
+        yield from parquet_texts(path, batch_rows=batch_rows)
 
 
 # ---------------------------------------------------------------------------------------------
-# builtin: the running Python's standard library
+# Writing the raw folder
 # ---------------------------------------------------------------------------------------------
-
-
-def _stdlib_root() -> Path:
-    return Path(sysconfig.get_paths()["stdlib"])
-
-
-def builtin_documents(max_bytes: int | None) -> Iterator[str]:
-    """The standard library's `.py` files (tests, vendored packages and demos skipped), in sorted
-    path order, until `max_bytes` UTF-8 bytes. Offline and deterministic for a Python version.
-    A file that is not UTF-8 is skipped with a warning (counted); it is the interpreter's."""
-    root = _stdlib_root()
-    paths = sorted(
-        (
-            p
-            for p in root.rglob("*.py")
-            if not _STDLIB_SKIP.intersection(p.relative_to(root).parts[:-1])
-        ),
-        key=lambda p: p.relative_to(root).as_posix(),
-    )
-    if not paths:
-        raise FileNotFoundError(f"no standard-library sources under {root}; use data.source=files")
-    budget = _Budget(max_bytes)
-    skipped = 0
-    for path in paths:
-        try:
-            text = _read_txt(path, budget)
-        except ValueError as exc:
-            skipped += 1
-            log.warning("builtin source: skipping %s", exc)
-            continue
-        if text is None:
-            break
-        if text.strip():
-            budget.take(text)
-            yield text
-        if budget.full:
-            break
-    if skipped:
-        log.warning("builtin source: %d standard-library file(s) skipped (not UTF-8)", skipped)
-
-
-class _Budget:
-    """`data.max_bytes` while streaming: readers never read much past what is left.
-
-    A document that does not fit ends the corpus (the first one is cut to fit instead, at a
-    character boundary, so a single huge file still yields `max_bytes` of text)."""
-
-    def __init__(self, max_bytes: int | None) -> None:
-        self.max_bytes, self.used = max_bytes, 0
-
-    @property
-    def remaining(self) -> int | None:
-        return None if self.max_bytes is None else max(self.max_bytes - self.used, 0)
-
-    @property
-    def full(self) -> bool:
-        return self.max_bytes is not None and self.used >= self.max_bytes
-
-    def fit(self, data: bytes) -> bytes | None:
-        """`data` if it fits; its head when it is the first document; None = stop here."""
-        left = self.remaining
-        if left is None or len(data) <= left:
-            return data
-        if self.used:
-            return None
-        return data[:left]
-
-    def take(self, text: str) -> None:
-        self.used += len(text.encode("utf-8"))
-
-
-def _utf8(data: bytes, where: str, *, cut: bool = False) -> str:
-    """Strict UTF-8 (a cut head may end inside a character: that tail is dropped)."""
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        if cut and exc.start >= len(data) - 3 and exc.reason == "unexpected end of data":
-            return data[: exc.start].decode("utf-8")
-        raise ValueError(
-            f"{where}: invalid UTF-8 at byte {exc.start} ({exc.reason}); convert the file to "
-            "UTF-8 or remove it from data.paths"
-        ) from None
-
-
-def _read_txt(path: Path, budget: _Budget) -> str | None:
-    """One .txt document, reading at most what the budget has left (+1 byte to tell)."""
-    left = budget.remaining
-    try:
-        with path.open("rb") as fh:
-            data = fh.read() if left is None else fh.read(left + 1)
-    except OSError as exc:
-        raise OSError(exc.errno, f"cannot read {path}: {exc.strerror}", str(path)) from None
-    head = budget.fit(data)
-    if head is None:
-        return None
-    return _utf8(head, str(path), cut=head is not data)
-
-
-# ---------------------------------------------------------------------------------------------
-# files: local txt / jsonl / jsonl.zst / parquet
-# ---------------------------------------------------------------------------------------------
-
-
-def _expand(paths: Sequence[Path]) -> list[Path]:
-    out: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            out.extend(
-                sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(TEXT_SUFFIXES))
-            )
-        elif path.exists():
-            if not path.name.endswith(TEXT_SUFFIXES):
-                raise ValueError(
-                    f"{path}: unsupported file type; expected one of {', '.join(TEXT_SUFFIXES)}"
-                )
-            out.append(path)
-        else:
-            raise FileNotFoundError(f"data.paths entry {path} does not exist")
-    if not out:
-        raise FileNotFoundError(
-            f"no {'/'.join(TEXT_SUFFIXES)} files under {[str(p) for p in paths]}"
-        )
-    return out
-
-
-def file_documents(paths: Sequence[Path], max_bytes: int | None) -> Iterator[str]:
-    """Documents of local files: a .txt file is one document; .jsonl(.zst) lines are JSON objects
-    with a `text` field (or bare strings); .parquet files have a `text` column.
-
-    Streams: at most about `max_bytes` are read (a 300 MB one-line file costs ~max_bytes of
-    memory). Every error names the file (and line / row): invalid UTF-8, bad JSON, a
-    corrupt parquet or zstd file, a non-string `text` column."""
-    budget = _Budget(max_bytes)
-    for path in _expand(paths):
-        name = path.name
-        if name.endswith(".txt"):
-            docs: Iterator[str | None] = iter([_read_txt(path, budget)])
-        elif name.endswith(".parquet"):
-            docs = _parquet_texts(path, budget=budget)
-        else:
-            docs = _jsonl_texts(path, budget)
-        for text in docs:
-            if text is None:
-                return
-            if not text:
-                continue
-            budget.take(text)
-            yield text
-            if budget.full:
-                return
-
-
-def _jsonl_texts(path: Path, budget: _Budget) -> Iterator[str | None]:
-    """Documents of a .jsonl(.zst) file; None = the budget is spent (stop)."""
-    if path.name.endswith(".zst"):
-        import zstandard
-
-        with path.open("rb") as raw:
-            reader = io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw))
-            try:
-                yield from _jsonl_lines(reader, path, budget)
-            except zstandard.ZstdError as exc:
-                raise ValueError(
-                    f"{path}: not a valid zstd stream ({exc}); re-compress it with `zstd` or "
-                    "remove it from data.paths"
-                ) from None
-    else:
-        with path.open("rb") as fh:
-            yield from _jsonl_lines(fh, path, budget)
-
-
-# Bytes of JSON per byte of text at most (`\u00e9` is 6 bytes for 2): a longer line cannot fit.
-_JSON_EXPANSION = 6
-
-
-def _jsonl_lines(fh: Any, path: Path, budget: _Budget) -> Iterator[str | None]:
-    lineno = 0
-    while True:
-        left = budget.remaining
-        limit = -1 if left is None else _JSON_EXPANSION * left + (64 << 10)
-        line = fh.readline(limit)
-        if not line:
-            return
-        lineno += 1
-        if limit >= 0 and len(line) >= limit and not line.endswith(b"\n"):
-            if not budget.used:
-                raise ValueError(
-                    f"{path}:{lineno}: one JSON line longer than {limit} bytes, more than "
-                    f"data.max_bytes={budget.max_bytes} can hold; raise data.max_bytes or "
-                    "split the document"
-                )
-            yield None
-            return
-        if not line.strip():
-            continue
-        text_line = _utf8(line, f"{path}:{lineno}")
-        try:
-            item = json.loads(text_line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}:{lineno}: not JSON ({exc.msg})") from None
-        text = item.get("text") if isinstance(item, dict) else item
-        if not isinstance(text, str):
-            raise ValueError(
-                f"{path}:{lineno}: expected a string or an object with a `text` string"
-            )
-        if text:
-            head = budget.fit(text.encode("utf-8"))
-            if head is None:
-                yield None
-                return
-            yield text if len(head) == len(text.encode("utf-8")) else _utf8(head, "", cut=True)
-
-
-def _parquet_texts(
-    path: Path, *, batch_rows: int = 1024, budget: _Budget | None = None
-) -> Iterator[Any]:
-    """Documents of a parquet file's `text` column (string), streamed in batches; with a
-    budget, None = the budget is spent. Errors name the file (and row)."""
-    try:
-        schema = pl.read_parquet_schema(path)
-    except (Exception, pl.exceptions.PanicException) as exc:  # polars: many error types
-        raise ValueError(
-            f"{path}: not a readable parquet file ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}); re-create or remove it"
-        ) from None
-    if "text" not in schema:
-        raise ValueError(f"{path}: parquet file has no `text` column (columns: {list(schema)})")
-    if schema["text"] not in (pl.String, pl.Utf8):
-        raise ValueError(
-            f"{path}: column `text` holds {schema['text']}, not strings; write the documents "
-            "as a string column"
-        )
-    frame = pl.scan_parquet(path).select("text")
-    # Streamed in batches where polars can (>= 1.3x); otherwise one read of the column.
-    row = 0
-    try:
-        batches = (
-            frame.collect_batches(chunk_size=batch_rows)
-            if hasattr(frame, "collect_batches")
-            else iter([frame.collect()])
-        )
-        for batch in batches:
-            for text in batch["text"]:
-                row += 1
-                if not text:
-                    continue
-                if budget is not None:
-                    head = budget.fit(text.encode("utf-8"))
-                    if head is None:
-                        yield None
-                        return
-                    if len(head) != len(text.encode("utf-8")):
-                        text = _utf8(head, "", cut=True)
-                yield text
-    except (pl.exceptions.PolarsError, OSError, pl.exceptions.PanicException) as exc:
-        raise ValueError(
-            f"{path}: parquet data unreadable after row {row} ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}); the file is truncated or corrupt: "
-            "re-create or remove it"
-        ) from None
 
 
 def _write_documents(docs: Iterable[str], raw_dir: Path) -> list[dict[str, Any]]:
@@ -592,102 +317,6 @@ def _write_documents(docs: Iterable[str], raw_dir: Path) -> list[dict[str, Any]]
     if batch or not entries:
         flush()
     return entries
-
-
-# ---------------------------------------------------------------------------------------------
-# Resumable, verified HTTP(S) download of one file (sharded datasets: pipeline.data.datasets)
-# ---------------------------------------------------------------------------------------------
-
-_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
-_RETRYABLE = (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError)
-
-
-def fetch(
-    url: str, dest: str | Path, *, retries: int = 4, timeout_s: float = 60.0, backoff_s: float = 1.0
-) -> Path:
-    """Download `url` to `dest` through `dest.part`, resuming with HTTP Range after a failure.
-
-    The finished size must equal the server's total (Content-Length, or the total of
-    Content-Range); only then is `.part` renamed to `dest`.
-
-    Raises:
-        DownloadError: a 4xx answer (other than a stale range), or every retry failed.
-    """
-    dest = Path(dest)
-    part = dest.with_name(dest.name + ".part")
-    last_error: Exception | None = None
-    for attempt in range(retries + 1):
-        if attempt:
-            delay = backoff_s * 2 ** (attempt - 1)
-            log.warning("retrying %s in %.1fs (%s)", url, delay, last_error)
-            time.sleep(delay)
-        try:
-            _fetch_once(url, part, timeout_s=timeout_s)
-        except urllib.error.HTTPError as exc:
-            exc.close()  # an HTTPError holds the response's socket
-            if exc.code == 416:  # our .part is longer than the file: start over
-                part.unlink(missing_ok=True)
-                last_error = exc
-                continue
-            if 400 <= exc.code < 500 and exc.code not in (408, 429):
-                raise DownloadError(f"{url}: HTTP {exc.code} {exc.reason}") from None
-            last_error = exc
-        except (*_RETRYABLE, _Incomplete) as exc:
-            last_error = exc
-        else:
-            os.replace(part, dest)
-            return dest
-    raise DownloadError(f"{url}: failed after {retries + 1} attempts: {last_error}")
-
-
-class _Incomplete(OSError):
-    """The connection ended before the announced size; the next attempt resumes."""
-
-
-def _fetch_once(url: str, part: Path, *, timeout_s: float) -> None:
-    offset = part.stat().st_size if part.exists() else 0
-    headers = {"User-Agent": "lrt-pipeline", "Accept-Encoding": "identity"}
-    if offset:
-        headers["Range"] = f"bytes={offset}-"
-    request = urllib.request.Request(url, headers=headers)
-    with urllib.request.urlopen(request, timeout=timeout_s) as response:
-        if offset and response.status == 206:
-            match = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
-            if not match or int(match.group(1)) != offset:
-                raise _Incomplete(
-                    f"unexpected Content-Range {response.headers.get('Content-Range')!r}"
-                )
-            total = None if match.group(3) == "*" else int(match.group(3))
-            mode = "ab"
-        else:  # 200: the server sent the whole file (no range asked, or range ignored)
-            length = response.headers.get("Content-Length")
-            total = int(length) if length is not None else None
-            offset, mode = 0, "wb"
-        with part.open(mode) as out:
-            try:
-                while chunk := response.read(1 << 20):
-                    out.write(chunk)
-            except http.client.IncompleteRead as exc:
-                out.write(exc.partial)
-                raise _Incomplete(f"connection closed early: {exc}") from None
-    size = part.stat().st_size
-    if total is not None and size != total:
-        raise _Incomplete(f"{part.name}: {size} bytes of {total}")
-
-
-# ---------------------------------------------------------------------------------------------
-# Manifest helpers
-# ---------------------------------------------------------------------------------------------
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks (hashlib releases the GIL: threads hash in
-    parallel)."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _file_entry(path: Path, *, documents: int, split: str | None) -> dict[str, Any]:

@@ -7,7 +7,7 @@ For each shard of a `ShardPlan`, in a thread pool of `workers`:
    raw folder when writing a staging copy) is hard-linked, or copied across file systems;
 3. hub: datasets with a repo id go through `huggingface_hub.hf_hub_download` (HF_TOKEN,
    HF_ENDPOINT, its cache: a shard already in the cache is linked, not fetched again);
-4. plain: other URLs through `pipeline.data.sources.fetch` (HTTP Range resume of `NAME.tmp.part`).
+4. plain: other URLs through `pipeline.data.http.fetch` (HTTP Range resume of `NAME.tmp.part`).
 
 A shard reaches `dest/NAME` only by a rename of a complete, verified file (`NAME.tmp`); a file
 whose footer does not parse is fetched once more, then the download fails naming its URL.
@@ -34,7 +34,7 @@ import polars as pl
 from pipeline.data.datasets.planning import ShardPlan
 from pipeline.data.datasets.progress import Progress
 from pipeline.data.datasets.table import DatasetSpec
-from pipeline.data.sources import sha256_file
+from pipeline.data.http import DownloadError, fetch, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +126,6 @@ def download_shards(
         DownloadError: a shard failed after its retries or is not valid parquet twice (the
             message names its URL).
     """
-    from pipeline.data.sources import DownloadError
-
     if workers < 1:
         raise ValueError(f"data.workers={workers} must be >= 1")
     dest = Path(dest)
@@ -249,14 +247,12 @@ class _Job:
         return self._from_url(index, tmp)
 
     def _from_url(self, index: int, tmp: Path) -> tuple[int, str, int]:
-        from pipeline.data import sources
-
         url = self.spec.url(index)
         part = tmp.with_name(tmp.name + ".part")
         start = part.stat().st_size if part.exists() else 0
         self.progress.start_shard(index, poll=lambda: max(_size(part, tmp) - start, 0))
         for attempt in (1, 2):
-            sources.fetch(
+            fetch(
                 url,
                 tmp,
                 retries=self.retries,
@@ -269,15 +265,13 @@ class _Job:
             log.warning("%s is not valid parquet (attempt %d); fetching it again", url, attempt)
             tmp.unlink(missing_ok=True)
             start = 0
-        raise sources.DownloadError(
+        raise DownloadError(
             f"{url}: downloaded file is not valid parquet with a {self.spec.text_column!r} "
             "column twice; the source may be corrupt"
         )
 
     def _from_hub(self, index: int, name: str, tmp: Path) -> tuple[int, str, int]:
         from huggingface_hub import hf_hub_download
-
-        from pipeline.data.sources import DownloadError
 
         progress = self.progress
         progress.start_shard(index)
