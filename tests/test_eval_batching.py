@@ -15,7 +15,8 @@ from pipeline.evaluation.batching import (
     sequential_rows,
 )
 from pipeline.evaluation.bpb import chunked, evaluate_bpb, lrt_loss_fns
-from pipeline.evaluation.core import evaluate_core, load_tasks, lrt_scorer
+from pipeline.evaluation.core import evaluate_core, lrt_scorer
+from pipeline.evaluation.core_tasks import load_tasks
 
 torch.set_num_threads(1)
 

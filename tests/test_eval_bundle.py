@@ -25,7 +25,7 @@ from pipeline.evaluation.bundle import (
     fetch_bundle,
     prepare_bundle,
 )
-from pipeline.evaluation.core import load_items, load_tasks
+from pipeline.evaluation.core_tasks import load_items, load_tasks
 
 
 @pytest.fixture(scope="module")

@@ -12,16 +12,18 @@ import torch
 from conftest import shared_path
 
 from pipeline.evaluation.core import (
-    DEFAULT_TASKS,
-    TaskSpec,
     centered_accuracy,
     core_metrics,
-    encode_item,
     evaluate_core,
     evaluate_task,
+    lrt_scorer,
+)
+from pipeline.evaluation.core_tasks import (
+    DEFAULT_TASKS,
+    TaskSpec,
+    encode_item,
     fewshot_indices,
     load_tasks,
-    lrt_scorer,
     render_prompts,
 )
 

@@ -1,11 +1,12 @@
 """Evaluation of trained variants: BPB in every decoding mode, CORE, ICL probes, samples.
 
 Modules:
-    bpb      bits per byte on validation shards, per mode and per position bucket
-    core     the CORE in-context-learning suite (multiple choice, schema, language modelling)
-    icl      in-context loss gain and seeded synthetic tasks
-    samples  generations from fixed prompts
-    run      `evaluate_variant`: load runs/<variant>/model.pt, run everything, write metrics.json
+    bpb         bits per byte on validation shards, per mode and per position bucket
+    core_tasks  CORE's task table, bundle layouts, items and prompts
+    core        CORE scoring (multiple choice, schema, language modelling) in each memory mode
+    icl         in-context loss gain and seeded synthetic tasks
+    samples     generations from fixed prompts
+    run         `evaluate_variant`: load runs/<variant>/model.pt, run everything, write metrics.json
 
 Run one variant (the `eval` stage does this for each):
 
@@ -25,18 +26,16 @@ from pipeline.evaluation.bpb import (
     supported_modes,
 )
 from pipeline.evaluation.core import (
-    DEFAULT_TASKS,
     CoreResult,
     LossesAndArgmax,
     TaskResult,
-    TaskSpec,
     centered_accuracy,
     core_metrics,
     evaluate_core,
     evaluate_task,
-    load_tasks,
     lrt_scorer,
 )
+from pipeline.evaluation.core_tasks import DEFAULT_TASKS, TaskSpec, load_tasks
 from pipeline.evaluation.icl import evaluate_synthetic, in_context_gain, make_task
 from pipeline.evaluation.run import evaluate_model, evaluate_variant
 

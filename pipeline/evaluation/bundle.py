@@ -2,7 +2,7 @@
 
 The bundle is the archive nanochat's `scripts/base_eval.py` uses (`eval_bundle.zip`: a folder
 `eval_bundle/` with `core.yaml`, `eval_meta_data.csv` and `eval_data/**.jsonl`);
-`pipeline.evaluation.core.load_tasks` reads that layout. This module
+`pipeline.evaluation.core_tasks.load_tasks` reads that layout. This module
 
 1. downloads the archive to `<out_dir>.zip` through `<out_dir>.zip.part`, resuming with HTTP
    Range after a dropped connection (`pipeline.data.sources.fetch`), the size checked against the
@@ -173,7 +173,7 @@ def fetch_bundle(
         log.info("downloading the CORE eval bundle from %s", url)
         fetch(url, archive, retries=retries, timeout_s=timeout_s, backoff_s=backoff_s)
         digest = _verify(archive, url, sha256, size)
-    from pipeline.evaluation.core import load_tasks
+    from pipeline.evaluation.core_tasks import load_tasks
 
     # locked, staged beside out_dir and swapped in only after success; leftovers of a killed
     # run are removed by the next one (pipeline.atomic)

@@ -27,7 +27,8 @@ import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from pipeline.evaluation.core import LossesAndArgmax, TaskSpec, evaluate_task
+from pipeline.evaluation.core import LossesAndArgmax, evaluate_task
+from pipeline.evaluation.core_tasks import TaskSpec
 
 SYNTHETIC_TASKS = ("kv_recall", "pattern")
 

@@ -40,7 +40,8 @@ from pipeline.evaluation.bpb import (
     supported_modes,
 )
 from pipeline.evaluation.bundle import core_status
-from pipeline.evaluation.core import core_metrics, evaluate_core, load_tasks, lrt_scorer
+from pipeline.evaluation.core import core_metrics, evaluate_core, lrt_scorer
+from pipeline.evaluation.core_tasks import load_tasks
 from pipeline.evaluation.icl import evaluate_synthetic, in_context_gain
 from pipeline.evaluation.samples import generate_samples, write_samples
 
