@@ -11,13 +11,9 @@ from click.testing import CliRunner
 
 from lrt import LRT, LRTConfig
 from lrt.interop import to_nanochat
+from pipeline.cli.nanochat import export_nanochat_command, import_nanochat_command
 from pipeline.train.checkpoint import load_model
-from pipeline.train.nanochat_io import (
-    export_nanochat_command,
-    import_nanochat,
-    import_nanochat_command,
-    read_nanochat,
-)
+from pipeline.train.nanochat_io import import_nanochat, read_nanochat
 
 torch.set_num_threads(1)
 

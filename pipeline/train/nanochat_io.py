@@ -23,7 +23,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import click
 import torch
 
 from pipeline.train.checkpoint import (
@@ -122,28 +121,3 @@ def export_nanochat(
     meta = {"step": step, "model_config": config, "source": f"lrt-pipeline run {variant}"}
     meta_path = atomic_write_text(out / f"meta_{step:06d}.json", json.dumps(meta, indent=2))
     return model_path, meta_path
-
-
-# ---------------------------------------------------------------------------------------------
-# click commands (registered by pipeline.cli)
-
-
-@click.command("import-nanochat")
-@click.argument("checkpoint_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--variant", required=True, help="Run name: writes RUNS_DIR/VARIANT/model.pt.")
-@click.option("--step", type=int, default=None, help="Checkpoint step (default: the last).")
-@click.option("--runs-dir", default="runs", show_default=True, help="Runs folder (train.out_dir).")
-def import_nanochat_command(checkpoint_dir: Path, variant: str, step: int | None, runs_dir: str):
-    """Import a nanochat / authors'-fork checkpoint folder as a run (eval/generate/report)."""
-    path = import_nanochat(checkpoint_dir, variant, step=step, runs_dir=runs_dir)
-    click.echo(f"wrote {path}")
-
-
-@click.command("export-nanochat")
-@click.option("--variant", required=True, help="Run whose RUNS_DIR/VARIANT/model.pt to export.")
-@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--runs-dir", default="runs", show_default=True, help="Runs folder (train.out_dir).")
-def export_nanochat_command(variant: str, out_dir: Path, runs_dir: str):
-    """Write a run's model as a nanochat checkpoint folder (model_<step>.pt, meta_<step>.json)."""
-    model_path, meta_path = export_nanochat(variant, out_dir, runs_dir=runs_dir)
-    click.echo(f"wrote {model_path} and {meta_path}")
