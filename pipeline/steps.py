@@ -484,7 +484,7 @@ def _pack_raw(settings: Settings, tokenizer: Any, out: Path, **part_args: Any) -
     """`pack_files` over the raw corpus into `out` with the tokenizer settings
     (`part_args`: a part's `part`, `file_documents`, `inputs_id`). A source's own validation
     files (fineweb-edu's last shard) go to val whole; the rest are split by val_fraction."""
-    from pipeline.data.shards import pack_files
+    from pipeline.data.packing import pack_files
 
     tok, raw_dir = settings.tokenizer, Path(settings.data.raw_dir)
     return pack_files(

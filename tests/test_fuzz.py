@@ -23,7 +23,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.data.shards import ShardFormatError, pack, read_manifest, read_shard
+from pipeline.data.packing import pack
+from pipeline.data.shards import ShardFormatError, read_manifest, read_shard
 from pipeline.data.tokenizer import Tokenizer, TokenizerFormatError
 
 FUZZ = settings(

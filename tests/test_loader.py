@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from pipeline.data.loader import DataLoader
-from pipeline.data.shards import ShardFormatError, pack
+from pipeline.data.packing import pack
+from pipeline.data.shards import ShardFormatError
 
 try:  # pytest's default "prepend" import mode puts tests/ itself on sys.path
     from test_shards import ref_read

@@ -24,13 +24,14 @@ from conftest import shared_path
 
 from pipeline.cli import main
 from pipeline.data.loader import DataLoader
+from pipeline.data.packing import pack_files
 from pipeline.data.parts import (
     PartMergeError,
     PartSpec,
     PartTokenizerMismatchError,
     merge_parts,
 )
-from pipeline.data.shards import pack_files, read_manifest, read_shard
+from pipeline.data.shards import read_manifest, read_shard
 from pipeline.data.tokenizer import Tokenizer
 
 SETTINGS = {"shard_tokens": 20_000, "val_fraction": 0.1, "seed": 3, "chunk_tokens": 4096}

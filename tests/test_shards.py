@@ -1,4 +1,4 @@
-"""Shard format, packing and corruption handling (pipeline.data.shards over pipeline._rust).
+"""Shard format, packing and corruption handling (pipeline.data.shards, .packing over _rust).
 
 The reference reader below parses shards from the byte layout in docs/SHARD_FORMAT.md with
 struct/zlib/zstandard only, so the Rust writer and reader are checked against the spec, not
@@ -18,11 +18,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pipeline.data.packing import pack, pack_files
 from pipeline.data.shards import (
     ShardFormatError,
     TokenizerMismatchError,
-    pack,
-    pack_files,
     read_manifest,
     read_shard,
 )
@@ -417,11 +416,11 @@ def test_rust_tokenizer_fast_path_equals_python_path(tmp_path):
     """`pack` with `pipeline.data.tokenizer.Tokenizer` encodes in Rust (GIL released, all cores);
     the result must be byte-identical to encoding through its Python `encode_batch`."""
     tokenizer = pytest.importorskip("pipeline.data.tokenizer")
-    from pipeline.data import shards
+    from pipeline.data import packing
 
     docs = docs_corpus(200) + ["naïve café ☕ <|bos|> 12345"]
     tok = tokenizer.Tokenizer.train(docs, vocab_size=400)
-    assert shards._rust_tokenizer(tok) is not None
+    assert packing._rust_tokenizer(tok) is not None
 
     class PythonPath:  # the same tokenizer, seen only through its Python API
         vocab_size, bos_id, hash = tok.vocab_size, tok.bos_id, tok.hash
@@ -429,7 +428,7 @@ def test_rust_tokenizer_fast_path_equals_python_path(tmp_path):
         def encode_batch(self, texts):
             return tok.encode_batch(texts)
 
-    assert shards._rust_tokenizer(PythonPath()) is None
+    assert packing._rust_tokenizer(PythonPath()) is None
     fast = pack(docs, tok, tmp_path / "fast", shard_tokens=2000, val_fraction=0.1)
     slow = pack(docs, PythonPath(), tmp_path / "slow", shard_tokens=2000, val_fraction=0.1)
     for split in ("train", "val"):

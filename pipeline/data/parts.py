@@ -17,7 +17,9 @@ Rules (docs/PIPELINE.md, docs/SHARD_FORMAT.md):
   input, and writes `manifest.json` listing their shards in part order (temp + rename). The
   shards are not rewritten.
 
-This module has no dependency on the extension (the CLI parses `--part` without it).
+This module has no dependency on the extension (the CLI parses `--part` without it): it reads
+the shard format (`pipeline.data.shards`) only inside `merge_parts`. The per-part pack itself is
+`pipeline.data.packing.pack_files(part=...)`.
 """
 
 from __future__ import annotations
@@ -174,8 +176,8 @@ def merge_parts(out_dir: str | Path, *, tokenizer_hash: str | None = None) -> Ma
     from pipeline.data.shards import (
         MANIFEST_NAME,
         ShardFormatError,
-        _manifest_from_json,
-        _shard_file,
+        manifest_from_json,
+        shard_file,
     )
 
     root = Path(out_dir)
@@ -258,7 +260,7 @@ def merge_parts(out_dir: str | Path, *, tokenizer_hash: str | None = None) -> Ma
         for split in splits:
             for entry in raw["splits"].get(split, []):
                 try:
-                    shard = _shard_file(root, entry["file"])
+                    shard = shard_file(root, entry["file"])
                 except ShardFormatError as e:
                     raise PartMergeError(f"{path}: {e}") from None
                 if not PART_FILE.match(shard.name) or not shard.name.startswith(
@@ -285,7 +287,7 @@ def merge_parts(out_dir: str | Path, *, tokenizer_hash: str | None = None) -> Ma
     for path in root.iterdir():
         if single.match(path.name) and path.name not in keep:
             path.unlink()
-    return _manifest_from_json(root, merged)
+    return manifest_from_json(root, merged)
 
 
 def _check_headers(root: Path, splits: Mapping[str, Sequence[dict[str, Any]]], tok: str) -> None:
