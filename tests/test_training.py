@@ -26,15 +26,12 @@ import torch
 
 from lrt.config import LRTConfig, StrategyConfig
 from lrt.model import LRT
+from pipeline.config.budget import grad_accum_steps
 from pipeline.config.settings import TrainSettings
 from pipeline.train.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, load_model
-from pipeline.train.loop import (
-    TrainingInterrupted,
-    TrainStep,
-    accumulate_gradients,
-    grad_accum_steps,
-    train,
-)
+from pipeline.train.loop import train
+from pipeline.train.signals import TrainingInterrupted
+from pipeline.train.step import TrainStep, accumulate_gradients
 
 REPO = Path(__file__).resolve().parents[1]
 SEQ = 32
@@ -478,7 +475,7 @@ def _poison_from(monkeypatch: pytest.MonkeyPatch, first: int, last: int = 10**9)
 def test_non_finite_loss_stops_with_the_last_good_checkpoint_intact(
     data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pipeline.train.loop import NonFiniteError
+    from pipeline.train.signals import NonFiniteError
 
     cfg, strat = _cfgs()
     _poison_from(monkeypatch, first=6)  # 2 micro-batches per step: step 4 is the first bad one
@@ -508,7 +505,7 @@ def test_non_finite_steps_can_be_skipped_and_counted(
 def test_a_model_too_big_for_the_device_is_refused_before_allocation(
     data_dir: Path, tmp_path: Path
 ) -> None:
-    from pipeline.train.loop import device_memory
+    from pipeline.train.device import device_memory
 
     cfg = LRTConfig(vocab_size=VOCAB, depth=48, n_embd=8192, n_head=64, seq_len=SEQ)
     strat = StrategyConfig()
@@ -596,7 +593,7 @@ def test_resume_with_a_larger_budget_extends_a_finished_run(data_dir: Path, tmp_
 def test_train_settings_defaults_are_the_lrt_recipe() -> None:
     """Every recipe default of TrainSettings is lrt.optim.OptimizerRecipe's (nanochat's)."""
     from lrt.optim import OptimizerRecipe
-    from pipeline.train.loop import recipe_from_settings
+    from pipeline.train.recipe import recipe_from_settings
 
     assert recipe_from_settings(TrainSettings()) == OptimizerRecipe()
     legacy = OptimizerRecipe.legacy()

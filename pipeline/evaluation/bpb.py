@@ -14,6 +14,9 @@ For an LRT model the same validation windows are scored in up to four modes (`bp
 
 `merged - sequential` is the train/test gap of the parallel training approximation.
 
+Training's own periodic validation (`val_bpb` in `train_log.csv`) is
+`pipeline.evaluation.periodic`; it shares `lrt_loss_fns` and `bits_per_byte` with this module.
+
 Example:
     >>> import torch
     >>> meter = BPBMeter(torch.tensor([0, 1, 2]), seq_len=2, bucket_size=1)
@@ -44,6 +47,16 @@ log = logging.getLogger(__name__)
 
 # -----------------------------------------------------------------------------
 # Accumulation
+
+
+def bits_per_byte(nats: float, nbytes: float) -> float:
+    """`nats / (ln 2 * nbytes)`; NaN without bytes. The one BPB ratio of `pipeline/`
+    (`BPBMeter` here, training's periodic check in `pipeline.evaluation.periodic`).
+
+    >>> round(bits_per_byte(3.0, 3), 4), bits_per_byte(1.0, 0)
+    (1.4427, nan)
+    """
+    return nats / (math.log(2) * nbytes) if nbytes > 0 else math.nan
 
 
 @dataclass
@@ -157,7 +170,7 @@ class BPBMeter:
         for lo in range(0, self.seq_len, self.bucket_size):
             b = int(self.pos_bytes[lo : lo + self.bucket_size].sum())
             n = float(self.pos_nats[lo : lo + self.bucket_size].sum())
-            buckets.append(n / (math.log(2) * b) if b > 0 else math.nan)
+            buckets.append(bits_per_byte(n, b))
         pos = torch.where(
             self.pos_tokens > 0, self.pos_nats / self.pos_tokens.clamp(min=1), math.nan
         )
@@ -165,7 +178,7 @@ class BPBMeter:
             self.doc_tokens > 0, self.doc_nats / self.doc_tokens.clamp(min=1), math.nan
         )
         return BPBResult(
-            bpb=nats / (math.log(2) * nbytes) if nbytes > 0 else math.nan,
+            bpb=bits_per_byte(nats, nbytes),
             nats=nats,
             bytes=nbytes,
             tokens=tokens,

@@ -217,8 +217,8 @@ def run_tokens(settings: Any, vocab_size: int | None = None) -> dict[str, Any]:
          "vocab_size": int}
     """
     from lrt.accounting import param_counts
+    from pipeline.config.budget import plan_steps
     from pipeline.config.settings import variant_settings, variant_train_settings
-    from pipeline.train.loop import plan_steps
 
     vocab = int(vocab_size or settings.tokenizer.vocab_size)
     best: dict[str, Any] | None = None
