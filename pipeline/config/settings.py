@@ -1,7 +1,7 @@
 """Typed settings for every pipeline component, and where each value came from.
 
-One pydantic model per component (`pipeline/config/sections.py`: `extra="forbid"`, a docstring per
-field), composed into `Settings`. Values are layered, highest first:
+One pydantic model per component (`pipeline/config/sections.py` and the modules it names:
+`extra="forbid"`, a docstring per field), composed into `Settings`. Values are layered, highest first:
 
     --set a.b=c  >  environment LRT_A__B  >  --config FILE (default params.yaml)  >  defaults
 
@@ -36,23 +36,19 @@ import yaml
 from pydantic import BaseModel, PrivateAttr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from pipeline.config.base import _Section, _unknown_key_message
+from pipeline.config.model_sections import ModelSettings, StrategySettings
 from pipeline.config.sections import (
     PATH_FIELDS,
     SECTIONS,
     DataSettings,
     EvalSettings,
-    ModelSettings,
     ReportSettings,
     SettingsError,
-    StrategySettings,
     TokenizerSettings,
     TrackingSettings,
-    TrainSettings,
-    _check_variant_key,
-    _flatten_overrides,
-    _Section,
-    _unknown_key_message,
 )
+from pipeline.config.train_sections import TrainSettings, _check_variant_key, _flatten_overrides
 
 DEFAULT_CONFIG = "params.yaml"
 ENV_PREFIX = "LRT_"
