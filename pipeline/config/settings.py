@@ -1,13 +1,15 @@
 """Typed settings for every pipeline component, and where each value came from.
 
 One pydantic model per component (`pipeline/config/sections.py` and the modules it names:
-`extra="forbid"`, a docstring per field), composed into `Settings`. Values are layered, highest first:
+`extra="forbid"`, a docstring per field), composed into `Settings`. Values are layered, highest
+first:
 
     --set a.b=c  >  environment LRT_A__B  >  --config FILE (default params.yaml)  >  defaults
 
-`load_settings` applies the layers itself so that it can record the source of every value
-(`lrt-pipeline config show` prints it), give a useful message for an unknown key (with a close
-match), and resolve relative paths against the project folder (the folder of the config file).
+`load_settings` applies the layers itself (helpers in `pipeline/config/layers.py`) so that it can
+record the source of every value (`lrt-pipeline config show` prints it), give a useful message
+for an unknown key (with a close match), and resolve relative paths against the project folder
+(the folder of the config file).
 `--set` and environment values are parsed as YAML scalars (`1e-3`, `true`, `null`, `[1, 2]`).
 
 Example:
