@@ -51,7 +51,11 @@ def test_gpu_script_smoke_runs_every_section(tmp_path):
     s = res["sections"]
     for mode in ("eager", "static"):
         row = s["decode"][f"decode/{mode}/batch_1"]
-        assert row["baseline"]["tokens_per_s"] > 0 and row["lrt"]["tokens_per_s"] > 0
+        assert all(row[m]["tokens_per_s"] > 0 for m in ("baseline", "lrt", "official"))
+        ratio = row["official"]["tokens_per_s"] / row["baseline"]["tokens_per_s"]
+        assert row["official_rel_throughput"] == pytest.approx(ratio)
+    for sec in ("train_compiled", "train_eager"):  # the authors' arm is timed too
+        assert "step_ms" in s[sec]["run/official_interleaved:2"]
     runs = s["train_compiled"]
     assert {"run/baseline", "run/interleaved:2", "run/multi_refine:1"} <= set(runs)
     assert all(r["step_ms"] > 0 and r["optimizer_ms"] > 0 for r in runs.values() if "step_ms" in r)

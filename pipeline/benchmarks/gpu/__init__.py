@@ -6,24 +6,27 @@ process group) with a timeout, merges what the worker wrote, and rewrites `resul
 every section, so a slow compile or a crash costs one section, never the file. A global
 wall-clock budget is checked before each section; sections that no longer fit are skipped.
 
-Sections, in order of value (issue 6's second device run):
-  env        torch / device / flash-attention check, a big bf16 GEMM
-  pytest     the CUDA-marked tests (CUDA-graph decoding, fused optimizer, bf16 passes)
-  decode     greedy decoding tok/s, baseline vs LRT, batch 1 and 32, per decoder: eager
-             (growing KV cache, autocast, as run 1), eager_bf16 (the same on a bf16 copy, no
-             autocast: the reference for the rest), graph (static cache, stacked matmuls,
-             replayed as a CUDA graph), graph_unfused (the same, separate matmuls) and
-             compiled_graph (inductor + CUDA graph); see lrt/static_decode.py
-  train_compiled  d12 (vocab 65536, T 2048), the whole loss compiled (every pass, head and
-             cross-entropy in one `torch.compile`, as training's `compile: true` does):
-             baseline at batch 8 and 32, interleaved S=2, multi_refine K=1;
-             step ms with the optimizer timed apart, peak memory, MFU
-  train_eager  the same models eager: baseline, interleaved S=2, multi_refine K=1, the LRT
-             model with strategy none, baseline again
+Sections, in order of value (issue 16: the faithful backbone's first device run). Models:
+nanochat's d12 backbone (`LRTConfig` defaults: SSSL windows, value embeddings, lambdas; vocab
+32768, T 2048) as the baseline, with our shared pathway ("lrt") and the authors' arm
+(pathway official); the optimizer is nanochat's (`lrt.optim.OptimizerRecipe`).
+  env        torch / device / flash-attention check, a big bf16 GEMM, the MFU peak used
+  decode     greedy decoding tok/s, baseline vs LRT vs official, batch 1 and 32, per decoder:
+             eager (growing KV cache, autocast, as run 1), eager_bf16 (the same on a bf16 copy,
+             no autocast: the reference for the rest), graph (static cache, stacked matmuls,
+             replayed as a CUDA graph) and compiled_graph (inductor + CUDA graph); see
+             lrt/static_decode.py
+  train_compiled  d12, the whole loss compiled (every pass, head and cross-entropy in one
+             `torch.compile`, as training's `compile: true` does): baseline at batch 8 and 32,
+             interleaved S=2 (shared, then official), multi_refine K=1; step ms with the
+             optimizer timed apart, peak memory, MFU against the stated peak
+  quality    small models on the packed Gutenberg shards (.gpu_data): per seed (two), baseline
+             and LRT (shared, interleaved S=2) at equal tokens and the baseline at matched
+             compute; validation BPB in init / merged / sequential modes; 150 s kept for it
+  train_eager  the same models eager: baseline, interleaved S=2 (shared, official),
+             multi_refine K=1, the LRT model with strategy none, baseline again
   loader     loader and host-to-device time per batch
-  quality    small models on the packed Gutenberg shards (.gpu_data): baseline and LRT
-             (shared, interleaved S=2) at equal tokens, the baseline at matched compute;
-             validation BPB in init / merged / sequential modes (needs ~150 s more budget)
+  pytest     the CUDA-marked tests (CUDA-graph decoding, fused optimizer, bf16 passes)
 
 Needs torch, numpy, `lrt/` and `pipeline/_rust.abi3.so` (loader); no pydantic / mlflow.
 `--smoke` runs every section with tiny sizes on CPU.

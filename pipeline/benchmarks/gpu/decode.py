@@ -11,11 +11,12 @@ from pipeline.benchmarks.gpu.part import Part
 
 
 def worker_decode(part: Part, cfg: dict[str, Any]) -> None:
-    """Baseline vs LRT decoding per decoder mode and batch size (cheap modes first)."""
+    """Baseline vs LRT (shared pathway, "lrt") and the authors' arm ("official") decoding per
+    decoder mode and batch size (cheap modes first)."""
     from pipeline.benchmarks.decode_timing import time_decode
 
     dev = default_device()
-    base, lrt = train_configs(cfg)
+    base, lrt, official = train_configs(cfg)
     d = cfg["decode"]
     for mode in d["modes"]:
         rounds = 1 if mode == "compiled_graph" else d["rounds"]  # compiles cost ~10 s each
@@ -23,7 +24,7 @@ def worker_decode(part: Part, cfg: dict[str, Any]) -> None:
             row: dict[str, Any] = {}
             try:
                 for _ in range(rounds):  # alternate the models; keep each one's best round
-                    for name, mcfg in (("baseline", base), ("lrt", lrt)):
+                    for name, mcfg in (("baseline", base), ("lrt", lrt), ("official", official)):
                         mem_reset(dev)
                         r = time_decode(
                             mcfg, dev, batch_size=b, tokens=d["tokens"], warmup=d["warmup"],
@@ -32,9 +33,10 @@ def worker_decode(part: Part, cfg: dict[str, Any]) -> None:
                         r["peak_mem_gb"] = mem_peak(dev)
                         if name not in row or r["tokens_per_s"] > row[name]["tokens_per_s"]:
                             row[name] = r
-                rel = row["lrt"]["tokens_per_s"] / row["baseline"]["tokens_per_s"]
-                row["lrt_rel_throughput"] = rel
-                row["lrt_overhead_pct"] = 100 * (1 / rel - 1)
+                for name in ("lrt", "official"):
+                    rel = row[name]["tokens_per_s"] / row["baseline"]["tokens_per_s"]
+                    row[f"{name}_rel_throughput"] = rel
+                    row[f"{name}_overhead_pct"] = 100 * (1 / rel - 1)
                 part.put(f"decode/{mode}/batch_{b}", row)
             except Exception as exc:  # noqa: BLE001
                 part.error(f"decode/{mode}/batch_{b}", exc)

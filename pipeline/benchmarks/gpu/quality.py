@@ -1,6 +1,13 @@
 """The `quality` section: small models trained on the packed Gutenberg shards (`.gpu_data`),
-baseline vs LRT at equal tokens and the baseline at matched compute, sized to the budget;
-validation BPB in init / merged / sequential modes."""
+baseline vs LRT at equal tokens and the baseline at matched compute, per seed, sized to the
+budget; validation BPB in init / merged / sequential modes.
+
+Optimizer: nanochat's recipe (`lrt.optim.OptimizerRecipe`: Polar Express Muon with variance
+reduction and cautious weight decay 0.2 linear to 0, embedding lr 0.3, scalar lr 0.5,
+warm-down 0.5, momentum 0.85 -> 0.95) without its batch and depth scaling: at these batches
+(16k tokens) sqrt(B / 2^19) would cut every lr ~6x, and (12 / depth)^2 would raise the weight
+decay 4-9x at depth 4-6 (the demo's params.yaml turns both off for the same reason).
+"""
 
 from __future__ import annotations
 
@@ -20,8 +27,7 @@ def worker_quality(part: Part, cfg: dict[str, Any], data_dir: Path, budget_s: fl
 
     from lrt import accounting
     from lrt.config import LRTConfig, StrategyConfig
-    from lrt.optim import build_optimizer
-    from lrt.schedule import lr_multiplier, muon_momentum
+    from lrt.optim import OptimizerRecipe
     from pipeline.data.loader import DataLoader
 
     t_start = time.perf_counter()
@@ -32,6 +38,7 @@ def worker_quality(part: Part, cfg: dict[str, Any], data_dir: Path, budget_s: fl
     lrt_cfg = LRTConfig(pathway="shared", **q["model"])
     st_lrt = StrategyConfig(name="interleaved", subsets=2)
     st_none = StrategyConfig()
+    recipe = OptimizerRecipe(reference_batch_tokens=None, reference_depth=None)
     B, T = q["batch_size"], base_cfg.seq_len
     byte_len = torch.as_tensor(np.load(data_dir / "token_bytes.npy").astype(np.int64), device=dev)
     ratio = accounting.flops_per_token(lrt_cfg, st_lrt) / accounting.flops_per_token(base_cfg)
@@ -43,6 +50,7 @@ def worker_quality(part: Part, cfg: dict[str, Any], data_dir: Path, budget_s: fl
             "strategy": "interleaved S=2",
             "sequential_decoder": "static, CUDA graph" if dev.type == "cuda" else "eager",
             "batch_size": B,
+            "optimizer": "OptimizerRecipe(reference_batch_tokens=None, reference_depth=None)",
             "flops_per_token_base": accounting.flops_per_token(base_cfg),
             "flops_per_token_lrt": accounting.flops_per_token(lrt_cfg, st_lrt),
             "lrt_flops_ratio": ratio,
@@ -98,7 +106,7 @@ def worker_quality(part: Part, cfg: dict[str, Any], data_dir: Path, budget_s: fl
     class Trainer:
         def __init__(self, mcfg, st, total: int, seed: int = 0) -> None:
             self.model = build_model(mcfg, dev, compile_model=False, seed=seed)
-            self.opt = build_optimizer(self.model)
+            self.opt = recipe.build(self.model, B * T)
             self.st, self.total, self.step_i = st, total, 0
             self.data = batches(seed)  # the same batches for every model of one seed
             self.losses: list[float] = []
@@ -106,10 +114,8 @@ def worker_quality(part: Part, cfg: dict[str, Any], data_dir: Path, budget_s: fl
 
         def step(self) -> torch.Tensor:
             x, y = next(self.data)
-            self.opt.set_schedule(
-                lr_multiplier(self.step_i, self.total, warmdown_ratio=0.3),
-                momentum=muon_momentum(self.step_i),
-            )
+            lr, momentum, wd = recipe.schedule(self.step_i, self.total)
+            self.opt.set_schedule(lr, momentum=momentum, wd_mult=wd)
             with autocast(dev):
                 out = self.model.forward_train(x, y, self.st)
             out.loss.backward()
@@ -164,16 +170,16 @@ def worker_quality(part: Part, cfg: dict[str, Any], data_dir: Path, budget_s: fl
     seeds = q["seeds"]
     k = len(seeds)
     # Time left for training: budget minus evaluation (~8 % + a fixed allowance) and margin.
-    # Per seed: baseline and LRT at equal tokens; the first seed also the matched baseline.
+    # Per seed: baseline and LRT at equal tokens, and the baseline at matched compute.
     eval_s = (
-        (k + 1) * cal.get("base_seq_eval_est_s", 0.0)
+        2 * k * cal.get("base_seq_eval_est_s", 0.0)
         + k * cal.get("lrt_seq_eval_est_s", 0.0)
-        + (k + 1) * cal["base_eval_warm_s"]
+        + 2 * k * cal["base_eval_warm_s"]
         + k * cal["lrt_eval_warm_s"]
     )
     cal["eval_est_s"] = eval_s
     train_s = max(0.0, (budget_s - elapsed - eval_s) * 0.85 - 10.0)
-    per_n = k * (cal["base"] + cal["lrt"]) + cal["base"] * ratio
+    per_n = k * (cal["base"] + cal["lrt"] + cal["base"] * ratio)
     n = int(min(q["max_steps"], max(q["min_steps"], train_s / per_n)))
     n_matched = int(round(n * ratio))
     part.put("plan", {"calibration_step_s": cal, "steps": n, "steps_matched": n_matched,
@@ -186,9 +192,8 @@ def worker_quality(part: Part, cfg: dict[str, Any], data_dir: Path, budget_s: fl
     for j, seed in enumerate(seeds):
         tag = "" if j == 0 else f"_seed{seed}"
         plan += [(f"baseline{tag}", base_cfg, st_none, n, seed),
-                 (f"lrt_interleaved2{tag}", lrt_cfg, st_lrt, n, seed)]  # fmt: skip
-        if j == 0:
-            plan.append(("baseline_matched_compute", base_cfg, st_none, n_matched, seed))
+                 (f"lrt_interleaved2{tag}", lrt_cfg, st_lrt, n, seed),
+                 (f"baseline_matched_compute{tag}", base_cfg, st_none, n_matched, seed)]  # fmt: skip
     for name, mcfg, st, steps, seed in plan:
         try:
             tr = Trainer(mcfg, st, steps, seed)
@@ -252,13 +257,15 @@ def worker_quality(part: Part, cfg: dict[str, Any], data_dir: Path, budget_s: fl
             summary["lrt_sequential_minus_matched"] = (
                 lr_.get("val_bpb_sequential", math.nan) - m["val_bpb_init"]
             )
-        diffs = []  # LRT sequential - baseline at equal tokens, per seed with both runs
-        for j, seed in enumerate(seeds):
-            tag = "" if j == 0 else f"_seed{seed}"
-            b_s, l_s = results.get(f"baseline{tag}"), results.get(f"lrt_interleaved2{tag}")
-            if b_s and l_s and "val_bpb_sequential" in l_s:
-                diffs.append(l_s["val_bpb_sequential"] - b_s["val_bpb_init"])
-        summary["lrt_sequential_minus_baseline_per_seed"] = diffs
-        if diffs:
-            summary["lrt_sequential_minus_baseline_mean"] = float(np.mean(diffs))
+        # LRT sequential - baseline at equal tokens / at matched compute, per seed with both runs
+        for ref, key in (("baseline", "baseline"), ("baseline_matched_compute", "matched")):
+            diffs = []
+            for j, seed in enumerate(seeds):
+                tag = "" if j == 0 else f"_seed{seed}"
+                b_s, l_s = results.get(f"{ref}{tag}"), results.get(f"lrt_interleaved2{tag}")
+                if b_s and l_s and "val_bpb_sequential" in l_s:
+                    diffs.append(l_s["val_bpb_sequential"] - b_s["val_bpb_init"])
+            summary[f"lrt_sequential_minus_{key}_per_seed"] = diffs
+            if diffs:
+                summary[f"lrt_sequential_minus_{key}_mean"] = float(np.mean(diffs))
         part.put("summary", summary)

@@ -35,12 +35,23 @@ def summarize(res: dict[str, Any]) -> str:
                 f"  {k:<36}{v['step_ms']:>9.1f}{rel:>8.2f}{100 * v.get('mfu', 0):>7.1f}"
                 f"{(v.get('peak_mem_gb') or 0):>8.2f}{v.get('optimizer_ms', float('nan')):>8.1f}"
             )
+    peak = g(s, "env", "env", "peak_flops_bf16_dense")
+    if peak:
+        lines.append(
+            f"MFU against {peak / 1e12:.0f} TFLOP/s dense bf16 (lrt.accounting.PEAK_FLOPS)"
+        )
     for k, v in s.get("decode", {}).items():
         if "lrt_rel_throughput" in v:
-            lines.append(
+            line = (
                 f"{k}: base {v['baseline']['tokens_per_s']:.0f} tok/s, LRT "
                 f"{v['lrt']['tokens_per_s']:.0f} tok/s, overhead {v['lrt_overhead_pct']:.1f} %"
             )
+            if "official_overhead_pct" in v:
+                line += (
+                    f"; official {v['official']['tokens_per_s']:.0f} tok/s, overhead "
+                    f"{v['official_overhead_pct']:.1f} %"
+                )
+            lines.append(line)
         elif "error" in v:
             lines.append(f"{k}: ERROR {v['error'][:80]}")
     for k, v in s.get("loader", {}).items():

@@ -72,7 +72,7 @@ def worker_train(part: Part, cfg: dict[str, Any], *, compiled: bool) -> None:
 
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
-    base, lrt = train_configs(cfg)
+    base, lrt, official = train_configs(cfg)
     sts = strategies(cfg)
     if compiled:
         c = cfg["compiled"]
@@ -81,6 +81,7 @@ def worker_train(part: Part, cfg: dict[str, Any], *, compiled: bool) -> None:
             ("baseline", base, "baseline", "step", None),
             (f"baseline_batch_{big}", base, "baseline", "step", big),
             ("interleaved:2", lrt, "interleaved:2", "step", None),
+            ("official_interleaved:2", official, "interleaved:2", "step", None),
             ("multi_refine:1", lrt, "multi_refine:1", "step", None),
         ]
         kw = dict(steps=c["steps"], warmup=c["warmup"], backend=c["backend"])
@@ -89,6 +90,7 @@ def worker_train(part: Part, cfg: dict[str, Any], *, compiled: bool) -> None:
         plan = [
             ("baseline", base, "baseline", "none", None),
             ("interleaved:2", lrt, "interleaved:2", "none", None),
+            ("official_interleaved:2", official, "interleaved:2", "none", None),
             ("multi_refine:1", lrt, "multi_refine:1", "none", None),
             ("baseline_lrt_model", lrt, "baseline", "none", None),
             ("baseline_again", base, "baseline", "none", None),
