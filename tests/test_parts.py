@@ -305,3 +305,38 @@ def test_cli_bad_part_value(project: Path, value: str) -> None:
 def test_cli_part_and_merge_exclude_each_other(project: Path) -> None:
     r = invoke("tokenize", "--part", "1/2", "--merge")
     assert r.exit_code == 2 and "exclude each other" in r.output
+
+
+def test_cli_part_rerun_replaces_only_its_own_files(project: Path) -> None:
+    """The folder rules of `tokenize --part i/n` (pipeline.data.tokenize): a re-run replaces
+    this part's old files (fewer shards now: none of the old ones linger), keeps the other
+    parts of the same n, removes parts of another n and the merged manifest.json (stale)."""
+    out = ["--set", "tokenizer.out_dir=parts"]
+    assert invoke("download", "--set", "data.max_bytes=150000").exit_code == 0
+    assert invoke("tokenize", "--tokenizer-only", *out).exit_code == 0
+    small = ["--set", "tokenizer.shard_tokens=4000"]
+    for part in ("3/3", "1/2", "2/2"):
+        r = invoke("tokenize", "--part", part, *out, *small)
+        assert r.exit_code == 0, r.output
+    r = invoke("tokenize", "--merge", *out)
+    assert r.exit_code == 0, r.output
+    folder = project / "parts"
+
+    def files(prefix: str) -> set[str]:
+        return {p.name for p in folder.glob(prefix + "*")}
+
+    def listed(prefix: str) -> set[str]:
+        raw = json.loads((folder / f"{prefix}manifest.json").read_text())
+        return {e["file"] for s in raw["splits"].values() for e in s} | {f"{prefix}manifest.json"}
+
+    before_1, before_2 = files("part0001of0002_"), files("part0002of0002_")
+    for i in (1, 2):  # a file of each part that no packer would remove (not a shard name)
+        (folder / f"part000{i}of0002_old.txt").write_text("from an earlier run")
+    r = invoke("tokenize", "--part", "1/2", *out)  # default shard_tokens: fewer, larger shards
+    assert r.exit_code == 0, r.output
+    after_1 = files("part0001of0002_")
+    assert after_1 == listed("part0001of0002_") and len(after_1) < len(before_1)
+    assert files("part0002of0002_") == before_2 | {"part0002of0002_old.txt"}
+    assert before_2 == listed("part0002of0002_")
+    assert not files("part0003of0003_") and not (folder / "manifest.json").exists()
+    assert {"tokenizer.bpe", "stats.json"} <= {p.name for p in folder.iterdir()}
