@@ -201,6 +201,53 @@ def packed(tmp_path_factory):
     return out, tok
 
 
+def test_training_periodic_bpb_counts_every_target(packed) -> None:
+    """Training's validation (`pipeline.evaluation.periodic`) against plain Python sums of
+    log-softmax of the logits: the nats of every non-ignored target, 0-byte special targets
+    included, over the targets' bytes; the eval stage's `BPBMeter` leaves the special targets
+    out, so its BPB on the same windows is lower."""
+    import numpy as np
+
+    from pipeline.data.loader import validation_loader
+    from pipeline.evaluation.periodic import periodic_bpb
+
+    lrt = pytest.importorskip("lrt")
+    out, tok = packed
+    B, T, n_batches = 4, 32, 2  # a <|bos|> target in the second batch
+    model = _tiny_lrt(int(tok.vocab_size), T)
+    tb = np.asarray(tok.token_byte_lengths())
+    strategy = lrt.StrategyConfig(name="interleaved", subsets=2)
+    got = periodic_bpb(model, out, token_bytes=tb, eval_tokens=n_batches * B * T - 5,
+                       batch_size=B, seq_len=T, device=torch.device("cpu"),
+                       modes=("init", "merged"), strategy=strategy,
+                       tokenizer_hash=tok.hash)  # fmt: skip
+    loader = validation_loader(out, B, T, tokenizer_hash=tok.hash)
+    # copies: the loader reuses its pinned slots; zip draws no batch past the n-th
+    pairs = zip(range(n_batches), loader, strict=False)
+    batches = [(x.long().clone(), y.long().clone()) for _, (x, y) in pairs]
+    loader.close()
+    special = 0
+    for mode, key in (("init", "val_bpb"), ("merged", "val_bpb_merged")):
+        nats, nbytes, ntok = 0.0, 0, 0
+        for x, y in batches:
+            logp = torch.log_softmax(model.logits(x, mode, strategy).double(), -1)  # (B, T, V)
+            for b in range(B):
+                for t in range(T):
+                    target = int(y[b, t])
+                    if target < 0:
+                        continue
+                    nats -= float(logp[b, t, target])
+                    nbytes += int(tb[target])
+                    ntok += 1
+                    special += int(tb[target] == 0)
+        assert got[key] == pytest.approx(nats / (LN2 * nbytes), rel=1e-5)
+        if mode == "init":
+            assert got["val_loss"] == pytest.approx(nats / ntok, rel=1e-5)
+    assert special > 0  # <|bos|> targets in these windows: the definition matters here
+    meter = evaluate_bpb(lrt_loss_fns(model, ["init"]), batches, tb, seq_len=T)
+    assert meter.results["init"].bpb < got["val_bpb"] - 1e-3
+
+
 def test_evaluate_variant_end_to_end(packed, tmp_path) -> None:
     import json
 

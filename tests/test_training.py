@@ -156,6 +156,16 @@ def test_batch_geometry_errors() -> None:
         grad_accum_steps(1000, 4, 32, 2)
 
 
+def test_step_budget_from_max_steps_or_tokens_per_param() -> None:
+    from pipeline.config.budget import plan_steps
+
+    per_param = TrainSettings(max_steps=None, tokens_per_param=20, total_batch_tokens=524288)
+    # 20 x 1e6 tokens / 524,288 per step = 38.15 steps, rounded
+    assert plan_steps(per_param, 1e6) == 38
+    assert plan_steps(per_param, 1.0) == 1  # at least one step
+    assert plan_steps(TrainSettings(max_steps=7, tokens_per_param=20), 1e6) == 7
+
+
 class _Recorder:
     """Stands in for pipeline.tracking (log_params / log_metrics / log_artifact)."""
 
