@@ -31,13 +31,7 @@ from pipeline import tracking
 from pipeline.config.settings import Settings, variant_settings
 from pipeline.data import sources
 from pipeline.data.parts import PartSpec
-from pipeline.data.tokenize import (
-    STATS_FILE,
-    save_tokenizer,
-    tokenize_merge,
-    tokenize_part,
-    tokenize_single_run,
-)
+from pipeline.data.tokenize import STATS_FILE
 from pipeline.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -179,6 +173,14 @@ def tokenize(
     if sum((part is not None, merge, tokenizer_only)) > 1:
         raise ValueError("choose at most one of part, merge and tokenizer_only")
     from pipeline.atomic import locked
+
+    # deferred, like every stage's own code: the other stages do not depend on it (dvc.yaml)
+    from pipeline.data.tokenize import (
+        save_tokenizer,
+        tokenize_merge,
+        tokenize_part,
+        tokenize_single_run,
+    )
 
     # Locked from the start (not only while swapping): a second tokenize fails at once
     # instead of after training its own tokenizer.

@@ -41,7 +41,7 @@ class DataLoader:
     """Batches of (inputs, targets) from a packed split, written by Rust into torch buffers.
 
     Args:
-        data_dir: folder with `manifest.json` and the shards (`pipeline.data.shards.pack`).
+        data_dir: folder with `manifest.json` and the shards (`pipeline.data.packing.pack`).
         split: "train" or "val".
         batch_size, seq_len: B and T of the yielded (B, T) tensors.
         mode: "bestfit" (every row starts with BOS at a document start, rows filled by best-fit
