@@ -1,7 +1,7 @@
 """The report's inputs and comparisons: run folders read into `RunData`, BPB per purpose, the
 LRT-vs-baseline numbers (equal tokens, matched compute), the CLI summary table, and the
-long-format curves DVC plots. Pure functions over files other stages wrote; `pipeline.report.build`
-renders them.
+long-format curves DVC plots. Pure functions over files other stages wrote;
+`pipeline.report.sections` lays them out as the report's sections.
 
     >>> from pipeline.report.data import load_runs, headline_deltas
     >>> headline_deltas(load_runs("runs"))                        # doctest: +SKIP
