@@ -38,7 +38,7 @@ import torch
 
 FORMAT_VERSION = 1
 CKPT_RE = re.compile(r"^step_(\d{8,})\.pt$")
-# Top-level keys of a training checkpoint (written by pipeline.train.loop).
+# Top-level keys of a training checkpoint (written by pipeline.train.outputs).
 TRAIN_KEYS = frozenset(
     {"format_version", "step", "model", "optimizer", "loader", "rng", "config", "progress"}
 )
