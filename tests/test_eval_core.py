@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 from collections.abc import Callable
 
 import pytest
@@ -101,6 +102,13 @@ def test_fewshot_draw_is_seeded_and_excludes_the_item() -> None:
         assert idx == fewshot_indices(i, 10, 4)
     assert fewshot_indices(0, 3, 10) != [] and len(fewshot_indices(0, 3, 10)) == 2
     assert fewshot_indices(0, 100, 3, seed=1) != fewshot_indices(0, 100, 3, seed=2)
+
+
+def test_fewshot_draw_matches_nanochats() -> None:
+    """nanochat's core_eval draws item idx's shots as Random(1234 + idx).sample(others, k)."""
+    for idx in (0, 3, 9):
+        others = [i for i in range(10) if i != idx]
+        assert fewshot_indices(idx, 10, 4) == random.Random(1234 + idx).sample(others, 4)
 
 
 def test_left_truncation_keeps_the_continuation() -> None:
