@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One device call: every GPU measurement of the pipeline (see pipeline/benchmarks/gpu.py).
+# One device call: every GPU measurement of the pipeline (see pipeline/benchmarks/gpu/).
 #   bash bench/gpu.sh [--budget S] [--smoke] ...     results in $OUT (default bench/results/out)
 # Needs python3 with torch + numpy, lrt/, pipeline/_rust.abi3.so and .gpu_data/ (carried).
 set -u
