@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.data.shards import pack
+from pipeline.data.packing import pack
 from pipeline.data.tokenizer import Tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
