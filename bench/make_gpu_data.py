@@ -28,7 +28,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.data.shards import pack_files  # noqa: E402
+from pipeline.data.packing import pack_files  # noqa: E402
 from pipeline.data.tokenizer import Tokenizer  # noqa: E402
 
 VOCAB = 8192

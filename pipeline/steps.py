@@ -242,8 +242,7 @@ def evaluate(settings: Settings, variant: str) -> dict[str, Any]:
     """Evaluate `{train.out_dir}/{variant}/model.pt`; writes metrics.json next to it."""
     from pipeline.atomic import output_dir
     from pipeline.evaluation.run import evaluate_variant
-    from pipeline.train.checkpoint import expect_data
-    from pipeline.train.loop import _run_ours
+    from pipeline.train.checkpoint import expect_data, run_file_ours
 
     variant_settings(settings, variant)
     run_dir = Path(settings.train.out_dir) / variant
@@ -252,7 +251,7 @@ def evaluate(settings: Settings, variant: str) -> dict[str, Any]:
     # checks the model against this stage's tokens folder (train.allow_mismatch overrides).
     with (
         _stage(settings, "eval", variant),
-        output_dir(run_dir, owned=_run_ours, keep=lambda name: True) as staging,
+        output_dir(run_dir, owned=run_file_ours, keep=lambda name: True) as staging,
         expect_data(settings.tokenizer.out_dir, allow_mismatch=settings.train.allow_mismatch),
     ):
         staged = settings.model_copy(

@@ -177,8 +177,8 @@ def packed(tmp_path_factory):
     import sysconfig
     from pathlib import Path
 
-    shards = pytest.importorskip(
-        "pipeline.data.shards", reason="pipeline.data.shards not built yet", exc_type=ImportError
+    packing = pytest.importorskip(
+        "pipeline.data.packing", reason="pipeline.data.packing not built yet", exc_type=ImportError
     )
     tokmod = pytest.importorskip(
         "pipeline.data.tokenizer",
@@ -196,7 +196,7 @@ def packed(tmp_path_factory):
             break
     tok = tokmod.Tokenizer.train(docs, 300)
     out = tmp_path_factory.mktemp("tokens")
-    shards.pack(docs, tok, out, shard_tokens=1 << 14, val_fraction=0.2, seed=0)
+    packing.pack(docs, tok, out, shard_tokens=1 << 14, val_fraction=0.2, seed=0)
     tok.save(out / "tokenizer.json")
     return out, tok
 

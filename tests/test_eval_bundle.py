@@ -16,7 +16,7 @@ import pytest
 from bundle_fixture import BundleServer as _Server
 from bundle_fixture import make_bundle
 
-from pipeline.data.sources import DownloadError
+from pipeline.data.http import DownloadError
 from pipeline.evaluation.bundle import (
     STATUS_FILE,
     EvalBundleError,
@@ -128,9 +128,9 @@ def test_stage_offline_succeeds_and_says_so(
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("LRT_TRACKING__ENABLED", "false")
     monkeypatch.setenv("LRT_EVAL_BUNDLE_URL", "http://127.0.0.1:9/eval_bundle.zip")  # refused
-    import pipeline.data.sources
+    import pipeline.data.http
 
-    monkeypatch.setattr(pipeline.data.sources.time, "sleep", lambda s: None)  # no backoff waits
+    monkeypatch.setattr(pipeline.data.http.time, "sleep", lambda s: None)  # no backoff waits
     assert stage_main([]) == 0
     status = bundle_status(tmp_path / "data" / "eval_bundle")
     assert status is not None and status["available"] is False

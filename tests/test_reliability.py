@@ -28,7 +28,8 @@ import torch
 from lrt.config import LRTConfig, StrategyConfig
 from pipeline.config.sections import SettingsError
 from pipeline.config.settings import TrainSettings, load_settings
-from pipeline.data.shards import ShardFormatError, pack, read_manifest, read_shard
+from pipeline.data.packing import pack
+from pipeline.data.shards import ShardFormatError, read_manifest, read_shard
 from pipeline.data.tokenizer import SPECIAL_TOKENS, Tokenizer, TokenizerFormatError
 from pipeline.train.checkpoint import (
     CheckpointError,
@@ -210,7 +211,7 @@ import json, resource, signal, sys
 from pathlib import Path
 import torch
 from pipeline.train.checkpoint import save_checkpoint
-from pipeline.data.shards import pack
+from pipeline.data.packing import pack
 from pipeline.data.tokenizer import Tokenizer
 root = Path(sys.argv[1])
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # writes past the limit fail with EFBIG
@@ -261,7 +262,7 @@ _PACK_SLOWLY = (
     + """
 import sys, time
 from pathlib import Path
-from pipeline.data.shards import pack
+from pipeline.data.packing import pack
 out, marker = Path(sys.argv[1]), Path(sys.argv[2])
 def docs():
     for i in range(10**7):

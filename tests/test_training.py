@@ -63,7 +63,7 @@ def _one_thread():
 
 class _ByteTokenizer:
     """Byte-level stand-in (ids 0-255 = bytes, 256 = <|bos|>) used until pipeline.data.tokenizer
-    exists; satisfies what `pipeline.data.shards.pack` needs."""
+    exists; satisfies what `pipeline.data.packing.pack` needs."""
 
     bos_id = 256
     vocab_size = 257
@@ -80,7 +80,7 @@ class _ByteTokenizer:
 def data_dir(tmp_path_factory) -> Path:
     """Shards of ~150 KB of stdlib sources (BPE vocab 320 when pipeline.data.tokenizer is available,
     else bytes), 10% validation; token byte lengths saved as token_bytes.npy."""
-    shards = pytest.importorskip("pipeline.data.shards", exc_type=ImportError)
+    packing = pytest.importorskip("pipeline.data.packing", exc_type=ImportError)
     pytest.importorskip("pipeline.data.loader", exc_type=ImportError)
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     docs, size = [], 0
@@ -97,7 +97,7 @@ def data_dir(tmp_path_factory) -> Path:
     except ImportError:
         tok = _ByteTokenizer()
     out = tmp_path_factory.mktemp("tokens")
-    shards.pack(docs, tok, out, shard_tokens=1 << 14, val_fraction=0.1, seed=0)
+    packing.pack(docs, tok, out, shard_tokens=1 << 14, val_fraction=0.1, seed=0)
     np.save(out / "token_bytes.npy", np.asarray(tok.token_byte_lengths()))
     if hasattr(tok, "save"):  # the real tokenizer, where train_variant looks for it
         tok.save(out / "tokenizer.bpe")
@@ -530,7 +530,7 @@ def test_a_model_too_big_for_the_device_is_refused_before_allocation(
 
 
 def test_resume_and_load_refuse_other_data_unless_allowed(data_dir: Path, tmp_path: Path) -> None:
-    from pipeline.data.shards import pack
+    from pipeline.data.packing import pack
     from pipeline.train.checkpoint import ProvenanceError
 
     cfg, strat = _cfgs()

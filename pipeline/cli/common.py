@@ -22,7 +22,7 @@ class _UserError(click.ClickException):
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean "fix your input", not "bug": shown without a traceback."""
     from pipeline.atomic import OutputLockedError
-    from pipeline.data.sources import DownloadError
+    from pipeline.data.http import DownloadError
 
     errors: list[type[BaseException]] = [
         SettingsError,

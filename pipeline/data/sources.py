@@ -26,7 +26,6 @@ import json
 import logging
 import os
 import re
-import time  # noqa: F401  re-export (moved): tests/test_eval_bundle.py
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -41,11 +40,6 @@ from pipeline.data.documents import (
     stdlib_root,
 )
 from pipeline.data.http import sha256_file
-
-# isort: split
-# Moved to pipeline.data.http; still importable from here (so is sha256_file, imported above,
-# for pipeline/evaluation/bundle.py; `time` above only for tests/test_eval_bundle.py's patch).
-from pipeline.data.http import DownloadError, fetch  # noqa: F401  re-export (moved): pipeline/cli.py, pipeline/evaluation/bundle.py, tests/test_eval_bundle.py
 
 log = logging.getLogger(__name__)
 
@@ -91,13 +85,13 @@ def download(
         OutputLockedError: another download writes the folder (a part, or a plain download).
     """
     from pipeline.atomic import output_dir
-    from pipeline.data import datasets as data_sources
+    from pipeline.data import datasets
 
-    sharded = settings.source in data_sources.SOURCES
+    sharded = settings.source in datasets.SOURCES
     if part is not None:
         if not sharded:
             raise ValueError(
-                f"download --part splits sharded sources ({', '.join(data_sources.SOURCES)}); "
+                f"download --part splits sharded sources ({', '.join(datasets.SOURCES)}); "
                 f"data.source={settings.source} is one run: drop --part"
             )
         return _download_part(settings, part, run=run, backoff_s=backoff_s)
@@ -153,14 +147,14 @@ def _download_part(
     that are missing and writes the manifest. Returns the part's manifest (not written).
     """
     from pipeline.atomic import locked
-    from pipeline.data import datasets as data_sources
+    from pipeline.data import datasets
 
     raw_dir = Path(os.path.realpath(settings.raw_dir))
     with locked(_part_lock_folder(raw_dir, part)):
         with locked(raw_dir):  # taken and released: no plain download writes the folder now
             pass
         raw_dir.mkdir(parents=True, exist_ok=True)
-        result = data_sources.download_dataset(
+        result = datasets.download_dataset(
             settings, raw_dir, settings=run, part=part, backoff_s=backoff_s
         )
     entries = result.entries
@@ -189,11 +183,11 @@ def _raw_ours(name: str) -> bool:
 def _download_into(
     settings: DataSettings, raw_dir: Path, *, backoff_s: float, run: Any | None = None
 ) -> dict[str, Any]:
-    from pipeline.data import datasets as data_sources
+    from pipeline.data import datasets
 
     extra: dict[str, Any] = {}
-    if settings.source in data_sources.SOURCES:
-        result = data_sources.download_dataset(
+    if settings.source in datasets.SOURCES:
+        result = datasets.download_dataset(
             settings,
             raw_dir,
             settings=run,

@@ -2,6 +2,7 @@
 
 Modules:
     bpb         bits per byte on validation shards, per mode and per position bucket
+    periodic    the validation loss/BPB training logs every `train.eval_every` steps
     core_tasks  CORE's task table, bundle layouts, items and prompts
     core        CORE scoring (multiple choice, schema, language modelling) in each memory mode
     icl         in-context loss gain and seeded synthetic tasks
@@ -14,53 +15,39 @@ Run one variant (the `eval` stage does this for each):
     >>> from pipeline.evaluation import evaluate_variant             # doctest: +SKIP
     >>> metrics = evaluate_variant(load_settings(), "lrt")           # doctest: +SKIP
     >>> metrics["val_bpb"], metrics["core"]                          # doctest: +SKIP
+
+The names below are imported on first use (PEP 562): training imports
+`pipeline.evaluation.periodic`, which runs this file, and must not load (nor, for DVC, depend on)
+CORE, the bundle and the eval stage.
 """
 
-from pipeline.evaluation.bpb import (
-    BPBEvaluation,
-    BPBMeter,
-    BPBResult,
-    bpb_metrics,
-    evaluate_bpb,
-    lrt_loss_fns,
-    supported_modes,
-)
-from pipeline.evaluation.core import (
-    CoreResult,
-    LossesAndArgmax,
-    TaskResult,
-    centered_accuracy,
-    core_metrics,
-    evaluate_core,
-    evaluate_task,
-    lrt_scorer,
-)
-from pipeline.evaluation.core_tasks import DEFAULT_TASKS, TaskSpec, load_tasks
-from pipeline.evaluation.icl import evaluate_synthetic, in_context_gain, make_task
-from pipeline.evaluation.run import evaluate_model, evaluate_variant
+from __future__ import annotations
 
-__all__ = [
-    "DEFAULT_TASKS",
-    "BPBEvaluation",
-    "BPBMeter",
-    "BPBResult",
-    "CoreResult",
-    "LossesAndArgmax",
-    "TaskResult",
-    "TaskSpec",
-    "bpb_metrics",
-    "centered_accuracy",
-    "core_metrics",
-    "evaluate_bpb",
-    "evaluate_core",
-    "evaluate_model",
-    "evaluate_synthetic",
-    "evaluate_task",
-    "evaluate_variant",
-    "in_context_gain",
-    "load_tasks",
-    "lrt_loss_fns",
-    "lrt_scorer",
-    "make_task",
-    "supported_modes",
-]
+import importlib
+from typing import Any
+
+_HOMES = {
+    "bpb": ("BPBEvaluation", "BPBMeter", "BPBResult", "bpb_metrics", "evaluate_bpb",
+            "lrt_loss_fns", "supported_modes"),
+    "core": ("CoreResult", "LossesAndArgmax", "TaskResult", "centered_accuracy", "core_metrics",
+             "evaluate_core", "evaluate_task", "lrt_scorer"),
+    "core_tasks": ("DEFAULT_TASKS", "TaskSpec", "load_tasks"),
+    "icl": ("evaluate_synthetic", "in_context_gain", "make_task"),
+    "run": ("evaluate_model", "evaluate_variant"),
+}  # fmt: skip
+_MODULE_OF = {name: module for module, names in _HOMES.items() for name in names}
+
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

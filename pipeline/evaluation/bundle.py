@@ -5,7 +5,7 @@ The bundle is the archive nanochat's `scripts/base_eval.py` uses (`eval_bundle.z
 `pipeline.evaluation.core_tasks.load_tasks` reads that layout. This module
 
 1. downloads the archive to `<out_dir>.zip` through `<out_dir>.zip.part`, resuming with HTTP
-   Range after a dropped connection (`pipeline.data.sources.fetch`), the size checked against the
+   Range after a dropped connection (`pipeline.data.http.fetch`), the size checked against the
    server's Content-Length;
 2. verifies it: the expected sha256 and size when given, every member's CRC, and a `core.yaml`
    inside (a mismatch deletes the archive and raises `EvalBundleError`);
@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.atomic import output_dir
-from pipeline.data.sources import DownloadError, fetch, sha256_file
+from pipeline.data.http import DownloadError, fetch, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ def fetch_bundle(
         url: Archive URL (http, https or file).
         sha256: Expected sha256 of the archive (None: not checked; the one seen is recorded).
         size: Expected size in bytes (None: the server's Content-Length is trusted).
-        retries, timeout_s, backoff_s: Of the download (`pipeline.data.sources.fetch`).
+        retries, timeout_s, backoff_s: Of the download (`pipeline.data.http.fetch`).
 
     Returns:
         The status written to `out_dir/status.json` (`available: True`).

@@ -41,7 +41,6 @@ from pipeline.evaluation.core_tasks import (
     encode_item,
     fewshot_indices,
     load_items,
-    load_tasks,  # noqa: F401  re-export (moved): pipeline/study/cell.py
 )
 
 log = logging.getLogger(__name__)

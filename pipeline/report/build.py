@@ -64,7 +64,6 @@ from pipeline.report.plots import (  # noqa: F401 - re-exported
     plot_sweep,
 )
 from pipeline.report.render import (
-    Section,  # noqa: F401  re-export (moved): pipeline/study/render.py
     render_html,
     render_markdown,
 )

@@ -31,7 +31,8 @@ from lrt.schedule import lr_multiplier, muon_momentum
 from lrt.strategies import forward_train
 from pipeline.data.loader import DataLoader, validation_loader
 from pipeline.evaluation.bpb import evaluate_bpb, lrt_loss_fns
-from pipeline.evaluation.core import core_metrics, evaluate_core, load_tasks, lrt_scorer
+from pipeline.evaluation.core import core_metrics, evaluate_core, lrt_scorer
+from pipeline.evaluation.core_tasks import load_tasks
 from pipeline.evaluation.icl import evaluate_synthetic, in_context_gain
 from pipeline.study.arms import Arm, model_config, strategy_config
 from pipeline.study.data import PreparedData

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.data.shards import pack_files
+from pipeline.data.packing import pack_files
 from pipeline.data.tokenizer import Tokenizer
 from pipeline.train.checkpoint import atomic_write_text
 

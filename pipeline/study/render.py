@@ -1,6 +1,6 @@
 """Tables, plots and files of a study result (`runner.aggregate`): JSON, markdown, HTML, PNG.
 
-The markdown and HTML come from `pipeline.report.build`'s section renderer, so the study reads like
+The markdown and HTML come from `pipeline.report.render`'s section renderer, so the study reads like
 the pipeline's report. Every file is written to a temp file and renamed.
 """
 
@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from pipeline.report.build import Section, render_html, render_markdown
+from pipeline.report.render import Section, render_html, render_markdown
 from pipeline.study.stats import finite_json
 from pipeline.train.checkpoint import atomic_write_bytes, atomic_write_text
 

@@ -433,3 +433,17 @@ def load_model(
     load_state_strict(model, state["model"])
     model.eval()
     return model, strategy, state
+
+
+# The files a run folder's stages write (train: model, logs, checkpoints; eval: metrics,
+# details, samples), their temporaries included: what a restaged run folder may replace or
+# remove (pipeline.atomic `owned=`); anything else in the folder is the user's and is kept.
+_RUN_OURS = re.compile(
+    r"^\.?(model\.pt|train_log\.csv|val_log\.csv|train_metrics\.json|metrics\.json|"
+    r"eval_details\.json|samples\.json|ckpt)(\.tmp.*)?$"
+)
+
+
+def run_file_ours(name: str) -> bool:
+    """Whether `name` in runs/VARIANT/ is a file the train or eval stage writes."""
+    return _RUN_OURS.match(name) is not None

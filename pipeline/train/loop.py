@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import signal
 import sys
 import time
@@ -46,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from lrt.config import LRTConfig, StrategyConfig
+from pipeline.train.checkpoint import run_file_ours
 from pipeline.train.device import resolve_device
 from pipeline.train.logs import _metric_names, _postfix, _progress_line, _say
 from pipeline.train.outputs import Outputs
@@ -269,7 +269,9 @@ def train_variant(
         final = Path(settings.train.out_dir) / variant
         main = int(os.environ.get("RANK", "0")) == 0
         staged = (
-            output_dir(final, owned=_run_ours, keep=lambda n: resume, partial=True, resume=resume)
+            output_dir(
+                final, owned=run_file_ours, keep=lambda n: resume, partial=True, resume=resume
+            )
             if main
             else contextlib.nullcontext(partial_dir(final))
         )
@@ -303,16 +305,6 @@ def train_variant(
 
 # What the train and eval stages write in a run folder (temps included); anything else there is
 # the user's and is carried over.
-_RUN_OURS = re.compile(
-    r"^\.?(model\.pt|train_log\.csv|val_log\.csv|train_metrics\.json|metrics\.json|"
-    r"eval_details\.json|samples\.json|ckpt)(\.tmp.*)?$"
-)
-
-
-def _run_ours(name: str) -> bool:
-    return _RUN_OURS.match(name) is not None
-
-
 def _tokenizer_info(data_dir: Path) -> tuple[int, str | None, np.ndarray | None]:
     """(vocab_size, tokenizer hash, token byte lengths) for the packed data in `data_dir`.
 
