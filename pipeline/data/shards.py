@@ -223,15 +223,3 @@ def read_shard(path: str | Path) -> tuple[ShardHeader, np.ndarray]:
     p = Path(path)
     h, tokens, starts = _rust.read_shard(str(p))
     return ShardHeader(path=p, doc_starts=starts, **h), tokens
-
-
-# Moved to pipeline.data.packing; still importable from here, lazily (packing imports this
-# module, so an import line here would be a cycle at import time).
-def __getattr__(name: str) -> Any:
-    if (
-        name in ("pack", "pack_files")
-    ):  # re-export (moved): pipeline/study/data.py, bench/make_gpu_data.py, tests/test_gpu_script.py, tests/test_training.py, tests/test_eval_bpb.py, tests/test_reliability.py
-        from pipeline.data import packing
-
-        return getattr(packing, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
