@@ -6,7 +6,7 @@ gain come from? Small-scale experiments with seeds and paired intervals (issue 1
     lrt-pipeline study all                    # both, sharing their common cells
     lrt-pipeline study equivalence --quick    # CI smoke test (< 2 minutes): structure only
 
-Until the command is registered in `pipeline/cli.py`, run it as `python -m pipeline.study ...`.
+Registered in `pipeline/cli/__init__.py`; `python -m pipeline.study ...` runs it too.
 Modules: `arms` (the arms as config dicts), `data` (tokenizer + shards), `cell` (train, measure
 and evaluate one arm/seed), `measure` (state and gradient gaps at fixed weights), `stats`
 (paired t-intervals), `runner` (resumable cells, aggregation, MLflow), `render` (md/html/png).

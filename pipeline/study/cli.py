@@ -1,4 +1,4 @@
-"""The `study` click group (registered in `pipeline/cli.py` as `lrt-pipeline study`)."""
+"""The `study` click group (registered in `pipeline/cli/__init__.py` as `lrt-pipeline study`)."""
 
 from __future__ import annotations
 
