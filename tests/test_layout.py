@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.import_graph import assert_acyclic
+
 REPO = Path(__file__).resolve().parents[1]
 PIPELINE = REPO / "pipeline"
 LAYOUT_DOC = REPO / "docs" / "LAYOUT.md"
@@ -89,21 +91,7 @@ def test_every_module_is_placed_and_imports():
 
 
 def test_no_import_cycle():
-    g = graph()
-    state: dict[str, int] = {}
-
-    def visit(m: str, path: list[str]) -> None:
-        if state.get(m) == 1:
-            raise AssertionError("import cycle: " + " -> ".join([*path, m]))
-        if state.get(m) == 2:
-            return
-        state[m] = 1
-        for dep in sorted(g.get(m, ())):
-            visit(dep, [*path, m])
-        state[m] = 2
-
-    for m in g:
-        visit(m, [])
+    assert_acyclic(graph())
 
 
 def test_arrows_point_down():

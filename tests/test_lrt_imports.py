@@ -7,6 +7,7 @@ import importlib
 from pathlib import Path
 
 import lrt
+from tests.import_graph import assert_acyclic
 
 LRT_DIR = Path(lrt.__file__).parent
 # The documented reading order (lrt/__init__.py); a module may import only modules before it.
@@ -53,21 +54,7 @@ def test_every_module_imports():
 
 
 def test_no_import_cycle():
-    g = graph()
-    state: dict[str, int] = {}
-
-    def visit(m: str, path: list[str]) -> None:
-        if state.get(m) == 1:
-            raise AssertionError("import cycle: " + " -> ".join([*path, m]))
-        if state.get(m) == 2:
-            return
-        state[m] = 1
-        for dep in sorted(g.get(m, ())):
-            visit(dep, [*path, m])
-        state[m] = 2
-
-    for m in g:
-        visit(m, [])
+    assert_acyclic(graph())
 
 
 def test_imports_follow_the_reading_order():
