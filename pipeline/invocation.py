@@ -4,10 +4,10 @@
 
 - `describe_changes`: params.yaml entries that differ from the committed file, `--set`
   arguments and `LRT_*` settings in the environment (the parent run's name and `lrt.changes`);
-- `_git_commit`: HEAD's commit, "-dirty" with uncommitted changes (the `lrt.git_commit` tag);
-- `_invocation`: under `dvc repro` / `dvc exp run`, the ancestor `dvc` process (its pid and
+- `git_commit`: HEAD's commit, "-dirty" with uncommitted changes (the `lrt.git_commit` tag);
+- `current_invocation`: under `dvc repro` / `dvc exp run`, the ancestor `dvc` process (its pid and
   start time, read from `/proc` or psutil) that the stage processes of one invocation share;
-- `_flatten_params`: nested params as the dotted, MLflow-limited strings that tracking logs and
+- `flatten_params`: nested params as the dotted, MLflow-limited strings that tracking logs and
   `describe_changes` compares.
 """
 
@@ -45,8 +45,8 @@ def describe_changes(project_dir: str | Path, argv: list[str] | None = None) -> 
                 timeout=10,
             )
             if committed.returncode == 0:
-                old = _flatten_params(yaml.safe_load(committed.stdout) or {})
-                new = _flatten_params(yaml.safe_load(params.read_text()) or {})
+                old = flatten_params(yaml.safe_load(committed.stdout) or {})
+                new = flatten_params(yaml.safe_load(params.read_text()) or {})
                 changes += [f"{k}={v}" for k, v in new.items() if old.get(k) != v]
                 changes += [f"{k} removed" for k in old if k not in new]
         except (OSError, subprocess.SubprocessError, ValueError, ImportError):
@@ -63,18 +63,18 @@ def describe_changes(project_dir: str | Path, argv: list[str] | None = None) -> 
     return list(dict.fromkeys(changes))
 
 
-def _flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     out: dict[str, str] = {}
     for key, value in params.items():
         name = f"{prefix}{key}"
         if isinstance(value, Mapping) and value:
-            out.update(_flatten_params(value, prefix=f"{name}."))
+            out.update(flatten_params(value, prefix=f"{name}."))
         else:
             out[name[:250]] = str(value)[:6000]  # MLflow's key and value limits
     return out
 
 
-def _git_commit(project_dir: Path) -> str | None:
+def git_commit(project_dir: Path) -> str | None:
     """HEAD's commit, suffixed "-dirty" with uncommitted changes; None outside git."""
     try:
         head = subprocess.run(
@@ -98,7 +98,7 @@ def _git_commit(project_dir: Path) -> str | None:
     return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
-def _invocation(name: str) -> tuple[str | None, str]:
+def current_invocation(name: str) -> tuple[str | None, str]:
     """(key, run name) of the DVC process running this stage, or (None, name) outside DVC.
 
     Stages of one `dvc repro` are separate processes with no shared id, but they share the

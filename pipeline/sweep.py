@@ -247,7 +247,7 @@ def run_sweep(
     import torch
 
     from lrt.accounting import effective_compute, flops_per_token
-    from pipeline.evaluation.run import _device, evaluate_model, load_tokenizer
+    from pipeline.evaluation.run import eval_device, evaluate_model, load_tokenizer
     from pipeline.train.checkpoint import atomic_write_text, load_model
     from pipeline.train.loop import train
 
@@ -263,7 +263,7 @@ def run_sweep(
         name: _configs(settings, over, opts.model, tokenizer.vocab_size)
         for name, over in method_over.items()
     }
-    device = _device(settings.train.device)
+    device = eval_device(settings.train.device)
     records: list[dict[str, Any]] = []
 
     def run_one(name: str, r: float) -> None:

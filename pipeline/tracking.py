@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config.settings import TrackingSettings
-from pipeline.invocation import _flatten_params, _git_commit, _invocation, describe_changes
+from pipeline.invocation import current_invocation, describe_changes, flatten_params, git_commit
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def log_params(params: Mapping[str, Any]) -> None:
     """Log parameters (nested dicts flattened with ".") to the active run; no-op without one."""
     if active_run_id() is None:
         return
-    _mlflow().log_params(_flatten_params(params))
+    _mlflow().log_params(flatten_params(params))
 
 
 def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
@@ -152,7 +152,7 @@ def log_to_parent(
     client.log_batch(parent, metrics=[Metric(k, v, now, 0) for k, v in flat.items()])
     existing = client.get_run(parent).data.params
     new_params, as_tags = {}, {}
-    for key, value in _flatten_params(params or {}).items():
+    for key, value in flatten_params(params or {}).items():
         if key not in existing:
             new_params[key] = value
         elif existing[key] != value:
@@ -330,7 +330,7 @@ class Tracker:
         """The parent for a stage started now (see the module docstring for the rules)."""
         if os.environ.get(PARENT_ENV):
             return os.environ[PARENT_ENV]
-        invocation, run_name = _invocation(name)
+        invocation, run_name = current_invocation(name)
         if invocation is not None:
             found = self.client.search_runs(
                 [self.experiment_id],
@@ -400,7 +400,7 @@ class Tracker:
 
     def _base_tags(self) -> dict[str, str]:
         tags = {"mlflow.source.name": "lrt-pipeline"}
-        commit = _git_commit(self.project_dir)
+        commit = git_commit(self.project_dir)
         if commit:
             tags[TAG_COMMIT] = commit
             tags["mlflow.source.git.commit"] = commit.removesuffix("-dirty")

@@ -307,7 +307,7 @@ def test_bucket_difference_values(matched: Path) -> None:
 
     runs = {r.name: r for r in load_runs(matched / "runs")}
     plotted: dict[str, list[float]] = {}
-    real_subplots = report._plt().subplots
+    real_subplots = report.pyplot().subplots
 
     def subplots(*args, **kwargs):
         fig, ax = real_subplots(*args, **kwargs)
@@ -320,7 +320,7 @@ def test_bucket_difference_values(matched: Path) -> None:
         ax.plot = plot
         return fig, ax
 
-    with mock.patch.object(report._plt(), "subplots", subplots):
+    with mock.patch.object(report.pyplot(), "subplots", subplots):
         assert report.plot_bucket_diff([runs["lrt"]], runs["baseline"]) is not None
     assert plotted["lrt (sequential)"] == pytest.approx([-0.1, -0.1])
     assert plotted["lrt (init)"] == pytest.approx([0.0, 0.0])

@@ -1,6 +1,6 @@
 """What every `lrt-pipeline` command shares: `--config`/`--set` loading (`with_settings`), the
 mapping of user mistakes to one-line errors, the MLflow parent run of a command line
-(`_invocation`), JSON output and `--variant` checking."""
+(`tracked_invocation`), JSON output and `--variant` checking."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import click
 from pipeline.config.settings import DEFAULT_CONFIG, Settings, SettingsError, load_settings
 
 
-class _UserError(click.ClickException):
+class UserError(click.ClickException):
     """A mistake the user can fix: printed as one line, exit status 1."""
 
 
@@ -44,7 +44,7 @@ def _load(config_path: str | None, overrides: Sequence[str]) -> Settings:
     try:
         return load_settings(config_path, list(overrides))
     except SettingsError as exc:
-        raise _UserError(str(exc)) from None
+        raise UserError(str(exc)) from None
 
 
 def with_settings(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -76,13 +76,13 @@ def with_settings(func: Callable[..., Any]) -> Callable[..., Any]:
         except _user_errors() as exc:
             if click.get_current_context().find_root().params.get("debug"):
                 raise
-            raise _UserError(f"{type(exc).__name__}: {exc}") from None
+            raise UserError(f"{type(exc).__name__}: {exc}") from None
 
     return wrapper
 
 
 @contextlib.contextmanager
-def _invocation(settings: Settings, command: str) -> Any:
+def tracked_invocation(settings: Settings, command: str) -> Any:
     """One MLflow parent run for this command line, whatever stages and variants it runs."""
     from pipeline.tracking import Tracker
 
@@ -92,13 +92,13 @@ def _invocation(settings: Settings, command: str) -> Any:
         yield
 
 
-def _echo_json(data: Any) -> None:
+def echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
-def _variants(settings: Settings, names: Sequence[str]) -> list[str]:
+def resolve_variants(settings: Settings, names: Sequence[str]) -> list[str]:
     known = list(settings.train.variants)
     for name in names:
         if name not in known:
-            raise _UserError(f"unknown variant {name!r}; train.variants has {', '.join(known)}")
+            raise UserError(f"unknown variant {name!r}; train.variants has {', '.join(known)}")
     return list(names) or known

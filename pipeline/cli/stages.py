@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from pipeline.cli.common import _invocation, _variants, with_settings
+from pipeline.cli.common import resolve_variants, tracked_invocation, with_settings
 from pipeline.config.settings import Settings
 
 _VARIANT = click.option(
@@ -48,7 +48,7 @@ def download(settings: Settings, part: Any) -> None:
     """Fetch or assemble the raw corpus (data.source) into data.raw_dir."""
     from pipeline import steps
 
-    with _invocation(settings, "download"):
+    with tracked_invocation(settings, "download"):
         manifest = steps.download(settings, part=part)
     prefix = f"part {part}: " if part is not None else ""
     click.echo(
@@ -90,7 +90,7 @@ def tokenize(settings: Settings, part: Any, merge: bool, tokenizer_only: bool) -
     if len(chosen) > 1:
         raise click.UsageError(f"{' and '.join(chosen)} exclude each other; use one per run")
     out = settings.tokenizer.out_dir
-    with _invocation(settings, "tokenize"):
+    with tracked_invocation(settings, "tokenize"):
         stats = steps.tokenize(settings, part=part, merge=merge, tokenizer_only=tokenizer_only)
     if tokenizer_only:
         click.echo(
@@ -119,8 +119,8 @@ def train(settings: Settings, variants: tuple[str, ...], resume: bool) -> None:
     from pipeline import steps
     from pipeline.train.launch import maybe_relaunch
 
-    names = _variants(settings, variants)
-    with _invocation(settings, "train"):
+    names = resolve_variants(settings, variants)
+    with tracked_invocation(settings, "train"):
         # train.nproc_per_node > 1: the same command line under torchrun (the ranks reuse this
         # invocation's MLflow parent run through the environment)
         status = maybe_relaunch(settings.train, "pipeline.cli", sys.argv[1:])
@@ -141,9 +141,9 @@ def eval_(settings: Settings, variants: tuple[str, ...]) -> None:
     from pipeline import steps
     from pipeline.report.data import summary_table
 
-    names = _variants(settings, variants)
+    names = resolve_variants(settings, variants)
     results: dict[str, Any] = {}
-    with _invocation(settings, "eval"):
+    with tracked_invocation(settings, "eval"):
         for name in names:
             results[name] = metrics = steps.evaluate(settings, name)
             click.echo(f"{name}: {_summary(metrics)}")
@@ -156,7 +156,7 @@ def report(settings: Settings) -> None:
     """Write report.md and report.html comparing the variants."""
     from pipeline import steps
 
-    with _invocation(settings, "report"):
+    with tracked_invocation(settings, "report"):
         click.echo(str(steps.report(settings)))
 
 
@@ -168,7 +168,7 @@ def run(settings: Settings, variants: tuple[str, ...]) -> None:
     from pipeline import steps
     from pipeline.report.data import summary_table
 
-    result = steps.run_all(settings, variants=_variants(settings, variants))
+    result = steps.run_all(settings, variants=resolve_variants(settings, variants))
     for name, metrics in result["eval"].items():
         click.echo(f"{name}: {_summary(metrics)}")
     click.echo(summary_table(result["eval"]))
@@ -195,6 +195,6 @@ def eval_bundle(settings: Settings) -> None:
     """
     from pipeline import steps
 
-    with _invocation(settings, "eval-bundle"):
+    with tracked_invocation(settings, "eval-bundle"):
         status = steps.eval_bundle(settings)
     click.echo(status["message"])

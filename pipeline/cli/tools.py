@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from pipeline.cli.common import _echo_json, _UserError, _variants, with_settings
+from pipeline.cli.common import UserError, echo_json, resolve_variants, with_settings
 from pipeline.config.settings import Settings
 
 BENCHMARKS = ("tokenizer", "loader", "step", "ops", "core_sequential", "download")
@@ -62,10 +62,12 @@ def generate(
     from pipeline.evaluation.run import load_tokenizer
     from pipeline.train.checkpoint import load_model
 
-    name = _variants(settings, [variant])[0] if variant else next(iter(settings.train.variants))
+    name = (
+        resolve_variants(settings, [variant])[0] if variant else next(iter(settings.train.variants))
+    )
     path = Path(settings.train.out_dir) / name / "model.pt"
     if not path.is_file():
-        raise _UserError(
+        raise UserError(
             f"{path} does not exist; train it first (lrt-pipeline train --variant {name})"
         )
     device = settings.train.device
@@ -119,7 +121,7 @@ def config_show(settings: Settings, fmt: str, section: str | None) -> None:
         settings.section(section)  # unknown section -> a message naming the valid ones
         data = {section: data[section]}
     if fmt == "json":
-        _echo_json(data)
+        echo_json(data)
         return
     if fmt == "yaml":
         import yaml
@@ -147,7 +149,7 @@ def _parse_options(options: Sequence[str]) -> dict[str, Any]:
     for item in options:
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            raise _UserError(f"--opt expects KEY=VALUE, got {item!r}")
+            raise UserError(f"--opt expects KEY=VALUE, got {item!r}")
         out[key.replace("-", "_")] = yaml.safe_load(raw)
     return out
 
@@ -175,7 +177,7 @@ def bench(settings: Settings, name: str, options: tuple[str, ...], out: str | No
     try:
         module = importlib.import_module(f"pipeline.benchmarks.{name}")
     except ModuleNotFoundError as exc:
-        raise _UserError(f"benchmark {name!r} is not available: {exc}") from None
+        raise UserError(f"benchmark {name!r} is not available: {exc}") from None
     kwargs = _parse_options(options)
     run_fn = getattr(module, "run", None)
     if run_fn is None or list(inspect.signature(run_fn).parameters) == ["args"]:
@@ -190,11 +192,11 @@ def bench(settings: Settings, name: str, options: tuple[str, ...], out: str | No
         else []
     )
     if unknown:
-        raise _UserError(
+        raise UserError(
             f"benchmark {name!r} takes no option(s) {unknown}; it takes {list(accepted)}"
         )
     result = run_fn(**kwargs)
-    _echo_json(result)
+    echo_json(result)
     if out:
         Path(out).write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
 
@@ -224,7 +226,7 @@ def _bench_main(module: Any, name: str, options: dict[str, Any], out: str | None
     except SystemExit as exc:  # argparse: unknown option (its usage line is already printed)
         if exc.code in (0, None):
             return
-        raise _UserError(
+        raise UserError(
             f"benchmark {name!r} rejected {' '.join(argv)}; see "
             f"`python -m pipeline.benchmarks.{name} --help`"
         ) from None
@@ -264,10 +266,10 @@ def sweep(
     try:
         from pipeline.sweep import run_sweep, sweep_markdown
     except ImportError as exc:
-        raise _UserError(f"sweep is not available: {exc}") from None
+        raise UserError(f"sweep is not available: {exc}") from None
     result = run_sweep(settings, budgets=list(budgets) or None, methods=list(methods) or None)
     if as_json:
-        _echo_json(
+        echo_json(
             {k: v for k, v in result.items() if k != "runs"} | {"runs": len(result.get("runs", []))}
         )
         return

@@ -1,8 +1,8 @@
-"""The shared base of every settings section: `_Section` (pydantic: unknown keys, `.inf` and
+"""The shared base of every settings section: `SettingsSection` (pydantic: unknown keys, `.inf` and
 `.nan` refused), the typo-catching upper bounds and the "unknown key, did you mean" message.
 
 Example:
-    >>> _unknown_key_message("modle", ["data", "model"], "a section")
+    >>> unknown_key_message("modle", ["data", "model"], "a section")
     "unknown key 'modle' (expected a section). Did you mean 'model'? Valid: data, model"
 """
 
@@ -19,7 +19,7 @@ MAX_LR = 100.0
 against the device when training starts (`train.max_memory_gb`)."""
 
 
-class _Section(BaseModel):
+class SettingsSection(BaseModel):
     # allow_inf_nan=False: `.inf` / `.nan` in any float (lists included) is refused when
     # settings load, instead of training to a NaN loss that exits 0.
     model_config = ConfigDict(
@@ -30,7 +30,7 @@ class _Section(BaseModel):
     )
 
 
-def _unknown_key_message(key: str, valid: Iterable[str], what: str) -> str:
+def unknown_key_message(key: str, valid: Iterable[str], what: str) -> str:
     valid = list(valid)
     close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
     hint = f" Did you mean {close[0]!r}?" if close else ""

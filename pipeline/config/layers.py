@@ -1,12 +1,12 @@
 """The layers of `load_settings` applied to a plain tree of section dicts, with provenance:
 read params.yaml, parse `--set` / environment values as YAML scalars, map LRT_A__B variables
 to keys, check every dotted key against the schema (`_schema_at`), apply values and variant
-overrides (`_apply`), resolve path fields against the project folder, and format pydantic's
+overrides (`apply_value`), resolve path fields against the project folder, and format pydantic's
 errors with where each bad value came from. `pipeline.config.settings` builds `Settings` from
 the result.
 
 Example:
-    >>> _env_path("LRT_TRAIN__MAX_STEPS"), _parse_scalar("1e-3")
+    >>> env_path("LRT_TRAIN__MAX_STEPS"), parse_scalar("1e-3")
     (['train', 'max_steps'], 0.001)
 """
 
@@ -21,9 +21,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from pipeline.config.base import _unknown_key_message
+from pipeline.config.base import unknown_key_message
 from pipeline.config.sections import PATH_FIELDS, SECTIONS, SettingsError
-from pipeline.config.train_sections import _check_variant_key, _flatten_overrides
+from pipeline.config.train_sections import check_variant_key, flatten_overrides
 
 ENV_PREFIX = "LRT_"
 ENV_DELIMITER = "__"
@@ -31,7 +31,7 @@ ENV_DELIMITER = "__"
 _EXPONENT = re.compile(r"^[+-]?\d+(\.\d*)?[eE][+-]?\d+$")
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
@@ -45,7 +45,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _parse_scalar(raw: str) -> Any:
+def parse_scalar(raw: str) -> Any:
     """`--set`/environment values are YAML scalars; a string YAML cannot parse stays a string."""
     try:
         value = yaml.safe_load(raw)
@@ -58,7 +58,7 @@ def _parse_scalar(raw: str) -> Any:
     return raw if value is None and raw.strip() not in ("", "null", "~", "None") else value
 
 
-def _env_path(var: str) -> list[str] | None:
+def env_path(var: str) -> list[str] | None:
     """LRT_TRAIN__MAX_STEPS -> ["train", "max_steps"]; None for LRT_* variables outside the schema
     (e.g. LRT_MLFLOW_PARENT_RUN_ID)."""
     if not var.upper().startswith(ENV_PREFIX):
@@ -74,7 +74,7 @@ def _schema_at(parts: Sequence[str]) -> tuple[str, Any]:
     for train.variants, ("variant", None) for train.variants.NAME, ("leaf", None) otherwise.
     Raises SettingsError for unknown keys."""
     if not parts or parts[0] not in SECTIONS:
-        hint = _unknown_key_message(parts[0] if parts else "", list(SECTIONS), "a section")
+        hint = unknown_key_message(parts[0] if parts else "", list(SECTIONS), "a section")
         raise SettingsError(f"{'.'.join(parts)}: {hint}" if len(parts) > 1 else hint)
     cls: type[BaseModel] = SECTIONS[parts[0]]
     if len(parts) == 1:
@@ -85,20 +85,20 @@ def _schema_at(parts: Sequence[str]) -> tuple[str, Any]:
         if len(parts) == 3:
             return "variant", None
         try:
-            _check_variant_key(".".join(parts[3:]))
+            check_variant_key(".".join(parts[3:]))
         except ValueError as exc:
             raise SettingsError(f"{'.'.join(parts)}: {exc}") from None
         return "leaf", None
     field = parts[1]
     if field not in cls.model_fields:
         valid = [f"{parts[0]}.{name}" for name in cls.model_fields]
-        raise SettingsError(_unknown_key_message(".".join(parts[:2]), valid, "a setting"))
+        raise SettingsError(unknown_key_message(".".join(parts[:2]), valid, "a setting"))
     if len(parts) > 2:
         raise SettingsError(f"{'.'.join(parts)}: {parts[0]}.{field} has no sub-keys")
     return "leaf", None
 
 
-def _apply(
+def apply_value(
     tree: dict, provenance: dict[str, str], parts: list[str], value: Any, source: str
 ) -> None:
     kind, _ = _schema_at(parts)
@@ -108,7 +108,7 @@ def _apply(
             raise SettingsError(
                 f"{dotted} is a section; set its keys ({dotted}.KEY=...) or give a mapping"
             )
-        _apply_mapping(tree, provenance, {parts[0]: value}, source, replace_variants=True)
+        apply_mapping(tree, provenance, {parts[0]: value}, source, replace_variants=True)
     elif kind in ("variants", "variant"):
         if value is not None and not isinstance(value, Mapping):
             raise SettingsError(f"{dotted} must be a mapping, got {value!r}")
@@ -124,10 +124,10 @@ def _apply(
         for name, overrides in new.items():
             if not isinstance(overrides, Mapping):
                 raise SettingsError(f"train.variants.{name} must be a mapping, got {overrides!r}")
-            flat = _flatten_overrides(overrides)
+            flat = flatten_overrides(overrides)
             variants[str(name)] = {}
             for key, item in flat.items():
-                _apply(
+                apply_value(
                     tree,
                     provenance,
                     ["train", "variants", str(name), *key.split(".")],
@@ -143,7 +143,7 @@ def _apply(
         provenance[dotted] = source
 
 
-def _apply_mapping(
+def apply_mapping(
     tree: dict, provenance: dict[str, str], data: Mapping, source: str, *, replace_variants: bool
 ) -> None:
     for section, values in data.items():
@@ -157,12 +157,12 @@ def _apply_mapping(
             kind, _ = _schema_at(parts)
             if kind == "variants" and not replace_variants:
                 for name, overrides in (value or {}).items():
-                    _apply(tree, provenance, [*parts, str(name)], overrides, source)
+                    apply_value(tree, provenance, [*parts, str(name)], overrides, source)
             else:
-                _apply(tree, provenance, parts, value, source)
+                apply_value(tree, provenance, parts, value, source)
 
 
-def _resolve_paths(tree: dict, root: Path) -> None:
+def resolve_paths(tree: dict, root: Path) -> None:
     def resolve(value: Any) -> Any:
         if value is None or value == "":
             return value
@@ -180,16 +180,16 @@ def _resolve_paths(tree: dict, root: Path) -> None:
         tree["tracking"]["uri"] = "sqlite:///" + str((root / uri[len("sqlite:///") :]).resolve())
 
 
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
     for key, value in tree.items():
         dotted = f"{prefix}{key}"
         if isinstance(value, Mapping) and (not prefix or dotted.startswith("train.variants")):
-            yield from _flatten(value, prefix=f"{dotted}.")
+            yield from flatten(value, prefix=f"{dotted}.")
         else:
             yield dotted, value
 
 
-def _format_errors(
+def format_errors(
     exc: ValidationError, *, prefix: str = "", provenance: Mapping[str, str] | None = None
 ) -> str:
     lines = []

@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from pipeline.config.base import MAX_DEPTH, _Section
+from pipeline.config.base import MAX_DEPTH, SettingsSection
 
 if TYPE_CHECKING:
     from lrt.config import LRTConfig, StrategyConfig
 
 
-class ModelSettings(_Section):
+class ModelSettings(SettingsSection):
     """Architecture; mirrors `lrt.LRTConfig` (the vocabulary comes from the tokenizer)."""
 
     depth: int = Field(4, ge=1, le=MAX_DEPTH)
@@ -108,7 +108,7 @@ class ModelSettings(_Section):
         return LRTConfig(vocab_size=vocab_size, **self.model_dump())
 
 
-class StrategySettings(_Section):
+class StrategySettings(SettingsSection):
     """How a training step uses the pathway; mirrors `lrt.StrategyConfig`."""
 
     name: Literal["none", "interleaved", "multi_refine", "chunked", "sequential"] = "none"

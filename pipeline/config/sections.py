@@ -21,7 +21,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from pipeline.config.base import _Section
+from pipeline.config.base import SettingsSection
 from pipeline.config.model_sections import ModelSettings, StrategySettings
 from pipeline.config.train_sections import TrainSettings
 
@@ -53,7 +53,7 @@ class SettingsError(ValueError):
 # ---------------------------------------------------------------------------------------------
 
 
-class DataSettings(_Section):
+class DataSettings(SettingsSection):
     """Where raw documents come from (stage `download`)."""
 
     source: Literal["builtin", "fineweb-edu", "climbmix", "parquet-url", "files"] = "builtin"
@@ -105,7 +105,7 @@ class DataSettings(_Section):
         return self
 
 
-class TokenizerSettings(_Section):
+class TokenizerSettings(SettingsSection):
     """Byte-level BPE training and shard packing (stage `tokenize`)."""
 
     vocab_size: int = Field(2048, ge=266, le=1 << 22)
@@ -127,7 +127,7 @@ class TokenizerSettings(_Section):
     """Output folder: tokenizer, shards, manifest.json, stats.json."""
 
 
-class EvalSettings(_Section):
+class EvalSettings(SettingsSection):
     """Evaluation of a trained variant (stage `eval`)."""
 
     bpb_max_tokens: int = Field(65536, ge=1)
@@ -173,14 +173,14 @@ class EvalSettings(_Section):
     """Seed of sampling and item selection."""
 
 
-class ReportSettings(_Section):
+class ReportSettings(SettingsSection):
     """Report (stage `report`)."""
 
     out_dir: str = "reports"
     """Output folder: report.md, report.html, figures."""
 
 
-class TrackingSettings(_Section):
+class TrackingSettings(SettingsSection):
     """MLflow tracking."""
 
     enabled: bool = True
@@ -197,7 +197,7 @@ class TrackingSettings(_Section):
 # Registry
 # ---------------------------------------------------------------------------------------------
 
-SECTIONS: dict[str, type[_Section]] = {
+SECTIONS: dict[str, type[SettingsSection]] = {
     "data": DataSettings,
     "tokenizer": TokenizerSettings,
     "model": ModelSettings,

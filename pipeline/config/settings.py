@@ -36,18 +36,18 @@ from typing import Any
 from pydantic import PrivateAttr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from pipeline.config.base import _Section, _unknown_key_message
+from pipeline.config.base import SettingsSection, unknown_key_message
 from pipeline.config.layers import (
     ENV_DELIMITER,
     ENV_PREFIX,
-    _apply,
-    _apply_mapping,
-    _env_path,
-    _flatten,
-    _format_errors,
-    _parse_scalar,
-    _read_yaml,
-    _resolve_paths,
+    apply_mapping,
+    apply_value,
+    env_path,
+    flatten,
+    format_errors,
+    parse_scalar,
+    read_yaml,
+    resolve_paths,
 )
 from pipeline.config.model_sections import ModelSettings, StrategySettings
 from pipeline.config.sections import (
@@ -175,12 +175,12 @@ class Settings(BaseSettings):
 
     def flat(self) -> dict[str, Any]:
         """Every value under its dotted key (variants as `train.variants.NAME.model.pathway`)."""
-        return dict(_flatten(self.model_dump(mode="json")))
+        return dict(flatten(self.model_dump(mode="json")))
 
-    def section(self, name: str) -> _Section:
+    def section(self, name: str) -> SettingsSection:
         """One section by name (`settings.section("train")`)."""
         if name not in SECTIONS:
-            raise SettingsError(_unknown_key_message(name, list(SECTIONS), "a section"))
+            raise SettingsError(unknown_key_message(name, list(SECTIONS), "a section"))
         return getattr(self, name)
 
 
@@ -200,15 +200,13 @@ def variant_settings(settings: Settings, name: str) -> tuple[ModelSettings, Stra
     try:
         model = ModelSettings.model_validate({**settings.model.model_dump(), **updates["model"]})
     except ValidationError as exc:
-        raise SettingsError(f"variant {name!r}: {_format_errors(exc, prefix='model.')}") from None
+        raise SettingsError(f"variant {name!r}: {format_errors(exc, prefix='model.')}") from None
     try:
         strategy = StrategySettings.model_validate(
             {**settings.strategy.model_dump(), **updates["strategy"]}
         )
     except ValidationError as exc:
-        raise SettingsError(
-            f"variant {name!r}: {_format_errors(exc, prefix='strategy.')}"
-        ) from None
+        raise SettingsError(f"variant {name!r}: {format_errors(exc, prefix='strategy.')}") from None
     return model, strategy
 
 
@@ -237,7 +235,7 @@ def variant_train_settings(settings: Settings, name: str) -> TrainSettings:
     try:
         return TrainSettings.model_validate({**settings.train.model_dump(), **updates})
     except ValidationError as exc:
-        raise SettingsError(f"variant {name!r}: {_format_errors(exc, prefix='train.')}") from None
+        raise SettingsError(f"variant {name!r}: {format_errors(exc, prefix='train.')}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,14 +269,14 @@ def load_settings(
     """
     env = os.environ if env is None else env
     tree: dict[str, Any] = {name: cls().model_dump() for name, cls in SECTIONS.items()}
-    provenance = {key: "default" for key, _ in _flatten(tree)}
+    provenance = {key: "default" for key, _ in flatten(tree)}
 
     config_file: Path | None = None
     if config_path is not None:
         config_file = Path(config_path)
         if config_file.exists():
-            _apply_mapping(
-                tree, provenance, _read_yaml(config_file), str(config_path), replace_variants=True
+            apply_mapping(
+                tree, provenance, read_yaml(config_file), str(config_path), replace_variants=True
             )
         elif Path(config_path).name != DEFAULT_CONFIG or Path(config_path).parent != Path():
             raise SettingsError(f"config file {config_path} does not exist")
@@ -286,15 +284,15 @@ def load_settings(
             config_file = None
 
     for var, raw in sorted(env.items()):
-        parts = _env_path(var)
+        parts = env_path(var)
         if parts is not None:
-            _apply(tree, provenance, parts, _parse_scalar(raw), f"env {var}")
+            apply_value(tree, provenance, parts, parse_scalar(raw), f"env {var}")
 
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise SettingsError(f"--set expects KEY=VALUE (e.g. train.max_steps=100), got {item!r}")
-        _apply(tree, provenance, key.strip().split("."), _parse_scalar(raw), "--set")
+        apply_value(tree, provenance, key.strip().split("."), parse_scalar(raw), "--set")
 
     if project_dir is not None:
         root = Path(project_dir).resolve()
@@ -302,14 +300,14 @@ def load_settings(
         root = config_file.resolve().parent
     else:
         root = Path.cwd().resolve()
-    _resolve_paths(tree, root)
+    resolve_paths(tree, root)
 
     token = _EXPLICIT.set(True)
     try:
         settings = Settings(**tree)
     except ValidationError as exc:
         raise SettingsError(
-            "invalid settings: " + _format_errors(exc, provenance=provenance)
+            "invalid settings: " + format_errors(exc, provenance=provenance)
         ) from None
     except ValueError as exc:  # a variant_settings error raised inside a validator
         raise SettingsError(str(exc)) from None

@@ -11,11 +11,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from pipeline.config.base import MAX_LR, _Section, _unknown_key_message
+from pipeline.config.base import MAX_LR, SettingsSection, unknown_key_message
 from pipeline.config.model_sections import ModelSettings, StrategySettings
 
 _VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
-_VARIANT_SECTIONS: dict[str, type[_Section]] = {
+_VARIANT_SECTIONS: dict[str, type[SettingsSection]] = {
     "model": ModelSettings,
     "strategy": StrategySettings,
 }
@@ -29,25 +29,25 @@ def _variant_keys() -> list[str]:
     return keys + [f"train.{f}" for f in _VARIANT_TRAIN_KEYS]
 
 
-def _flatten_overrides(value: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten_overrides(value: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """{"model": {"pathway": "shared"}} and {"model.pathway": "shared"} -> {"model.pathway": ...}."""
     out: dict[str, Any] = {}
     for key, item in value.items():
         dotted = f"{prefix}{key}"
         if isinstance(item, Mapping) and (dotted in _VARIANT_SECTIONS or dotted == "train"):
-            out.update(_flatten_overrides(item, prefix=f"{dotted}."))
+            out.update(flatten_overrides(item, prefix=f"{dotted}."))
         else:
             out[dotted] = item
     return out
 
 
-def _check_variant_key(key: str) -> None:
+def check_variant_key(key: str) -> None:
     valid = _variant_keys()
     if key not in valid:
-        raise ValueError(_unknown_key_message(key, valid, "a variant override"))
+        raise ValueError(unknown_key_message(key, valid, "a variant override"))
 
 
-class TrainSettings(_Section):
+class TrainSettings(SettingsSection):
     """Training loop (stage `train`, once per variant).
 
     The budget: `max_steps` when set; otherwise `tokens_per_param` x (model parameters) /
@@ -164,9 +164,9 @@ class TrainSettings(_Section):
                 raise ValueError(
                     f"variant {name!r}: overrides must be a mapping, got {overrides!r}"
                 )
-            flat = _flatten_overrides(overrides)
+            flat = flatten_overrides(overrides)
             for key in flat:
-                _check_variant_key(key)
+                check_variant_key(key)
             out[name] = flat
         return out
 

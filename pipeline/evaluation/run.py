@@ -62,7 +62,7 @@ def load_tokenizer(data_dir: str | Path) -> Any:
     return Tokenizer.load(path)
 
 
-def _device(setting: str) -> torch.device:
+def eval_device(setting: str) -> torch.device:
     """'auto' -> cuda when available, else cpu; 'cuda' without CUDA is a one-line ValueError
     (before the model or any data is read), as in training."""
     if setting == "auto":
@@ -345,7 +345,7 @@ def evaluate_variant(settings: Any, variant: str, *, tracker: Any = None) -> dic
     def run(logger: Any) -> dict[str, Any]:
         from pipeline.train.checkpoint import load_model
 
-        device = _device(settings.train.device)
+        device = eval_device(settings.train.device)
         model, strategy, state = load_model(model_path, device=device)
         data_dir = Path(settings.tokenizer.out_dir)
         tokenizer = load_tokenizer(data_dir)

@@ -36,32 +36,32 @@ from pipeline.report.data import (  # noqa: F401 - re-exported: `pipeline.report
     TOKENS_TOLERANCE,
     TRAIN_BPB_LABEL,
     RunData,
-    _flatten,
-    _num,
-    _read_json,
     compare_to_baseline,
     eval_bpb_modes,
     eval_buckets,
     eval_comparison,
     eval_scalars,
+    flatten,
     headline_deltas,
     headline_metrics,
     interpolate_at,
     read_csv_columns,
+    read_json,
     read_sweep,
     run_buckets,
     summary_table,
+    to_float,
     write_curves,
 )
 from pipeline.report.plots import (  # noqa: F401 - re-exported
     DVC_FIGURES,
     PALETTE,
-    _placeholder_png,
-    _plt,
+    placeholder_png,
     plot_bucket_diff,
     plot_buckets,
     plot_curves,
     plot_sweep,
+    pyplot,
 )
 from pipeline.report.render import (
     render_html,
@@ -104,7 +104,7 @@ def render_report(
     """
     out_dir = Path(out_dir)
     runs = load_runs(runs_dir, eval_dir)
-    stats = _read_json(Path(tokens_stats)) if tokens_stats else None
+    stats = read_json(Path(tokens_stats)) if tokens_stats else None
     sections = build_sections(
         runs, tokens_stats=stats, sweep=read_sweep(Path(sweep) if sweep else None)
     )
@@ -121,7 +121,7 @@ def render_report(
                 written.add(name)
     for name in DVC_FIGURES:  # declared DVC plots must exist even with nothing to draw
         if name not in written:
-            atomic_write_bytes(fig_dir / f"{name}.png", _placeholder_png(name))
+            atomic_write_bytes(fig_dir / f"{name}.png", placeholder_png(name))
     atomic_write_text(out_dir / "report.md", render_markdown(sections, title, meta, "figures"))
     return atomic_write_text(out_dir / "report.html", render_html(sections, title, meta))
 

@@ -72,12 +72,12 @@ class RunData:
 
     def eval_bpb(self) -> float | None:
         """The evaluation's headline BPB: exact decoding (`val_bpb` of metrics.json)."""
-        return _num((self.eval_metrics or {}).get("val_bpb"))
+        return to_float((self.eval_metrics or {}).get("val_bpb"))
 
     def final(self, key: str) -> float | None:
         """Last finite value of a train-log column (falls back to train_metrics.json)."""
-        if key in (self.train_metrics or {}) and _num(self.train_metrics[key]) is not None:
-            return _num(self.train_metrics[key])
+        if key in (self.train_metrics or {}) and to_float(self.train_metrics[key]) is not None:
+            return to_float(self.train_metrics[key])
         for table in (self.log, self.val):
             if table and key in table:
                 vals = table[key][np.isfinite(table[key])]
@@ -86,7 +86,7 @@ class RunData:
         return None
 
 
-def _num(x: Any) -> float | None:
+def to_float(x: Any) -> float | None:
     try:
         v = float(x)
     except (TypeError, ValueError):
@@ -104,12 +104,12 @@ def read_csv_columns(path: Path) -> dict[str, np.ndarray] | None:
         return None
     cols = {}
     for key in rows[0]:
-        vals = [_num(r.get(key)) for r in rows]
+        vals = [to_float(r.get(key)) for r in rows]
         cols[key] = np.array([np.nan if v is None else v for v in vals], dtype=np.float64)
     return cols
 
 
-def _read_json(path: Path | None) -> Any:
+def read_json(path: Path | None) -> Any:
     if path is None or not path.is_file():
         return None
     try:
@@ -135,16 +135,16 @@ def load_runs(runs_dir: str | Path, eval_dir: str | Path | None = None) -> list[
             mask = np.isfinite(run.log["val_bpb"])
             if mask.any():
                 run.val = {k: v[mask] for k, v in run.log.items()}
-        run.train_metrics = _read_json(d / "train_metrics.json")
+        run.train_metrics = read_json(d / "train_metrics.json")
         candidates = [d / "metrics.json"]
         if eval_dir is not None:
             candidates.insert(0, Path(eval_dir) / d.name / "metrics.json")
         for c in candidates:
-            run.eval_metrics = _read_json(c)
+            run.eval_metrics = read_json(c)
             if run.eval_metrics is not None:
-                details = _read_json(c.with_name("eval_details.json"))
+                details = read_json(c.with_name("eval_details.json"))
                 run.details = details if isinstance(details, dict) else None
-                samples = _read_json(c.with_name("samples.json"))
+                samples = read_json(c.with_name("samples.json"))
                 run.samples = samples if isinstance(samples, list) else None
                 break
         if any(x is not None for x in (run.log, run.val, run.train_metrics, run.eval_metrics)):
@@ -162,14 +162,14 @@ def eval_bpb_modes(metrics: Mapping[str, Any] | None) -> dict[str, float]:
         for k, v in bpb.items():
             if isinstance(v, Mapping):  # {"init": {"bpb": x, ...}}
                 v = v.get("bpb")
-            if _num(v) is not None:
-                out[str(k)] = _num(v)
-    elif _num(bpb) is not None:
-        out["init"] = _num(bpb)
+            if to_float(v) is not None:
+                out[str(k)] = to_float(v)
+    elif to_float(bpb) is not None:
+        out["init"] = to_float(bpb)
     for k, v in metrics.items():
         m = re.fullmatch(r"(?:val_)?bpb[_/](\w+)", str(k))
-        if m and m.group(1) != "buckets" and _num(v) is not None:
-            out.setdefault(m.group(1), _num(v))
+        if m and m.group(1) != "buckets" and to_float(v) is not None:
+            out.setdefault(m.group(1), to_float(v))
     order = {m: i for i, m in enumerate(MODE_ORDER)}
     return dict(sorted(out.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
 
@@ -202,7 +202,7 @@ def eval_buckets(metrics: Mapping[str, Any] | None) -> dict[str, tuple[list[str]
                 labels.append(str(rec.get("label") or (f"{lo}-{hi}" if lo is not None else "?")))
                 vals.append(float(rec.get("bpb", float("nan"))))
             return labels, vals
-        if isinstance(obj, Mapping) and obj and all(_num(v) is not None for v in obj.values()):
+        if isinstance(obj, Mapping) and obj and all(to_float(v) is not None for v in obj.values()):
             return [str(k) for k in obj], [float(v) for v in obj.values()]
         return None
 
@@ -225,14 +225,14 @@ def run_buckets(run: RunData) -> dict[str, tuple[list[str], list[float]]]:
     return eval_buckets(detail) or eval_buckets(run.eval_metrics)
 
 
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     if not isinstance(d, Mapping):
         return {prefix or "value": d}
     out: dict[str, Any] = {}
     for k, v in d.items():
         key = f"{prefix}.{k}" if prefix else str(k)
         if isinstance(v, Mapping):
-            out.update(_flatten(v, key))
+            out.update(flatten(v, key))
         else:
             out[key] = v
     return out
@@ -251,11 +251,11 @@ def eval_scalars(metrics: Mapping[str, Any] | None) -> dict[str, float]:
     rest = {
         k: v for k, v in metrics.items() if k not in ("bpb", "bpb_buckets", "val_bpb", "val_loss")
     }
-    for k, v in _flatten(rest).items():
+    for k, v in flatten(rest).items():
         if re.fullmatch(r"(?:val_)?bpb[_/]\w+", k) or k.startswith(EVAL_SKIP) or k.endswith(".n"):
             continue
-        if _num(v) is not None and not isinstance(v, bool):
-            out[k] = _num(v)
+        if to_float(v) is not None and not isinstance(v, bool):
+            out[k] = to_float(v)
     return out
 
 
@@ -379,19 +379,19 @@ def summary_table(
     """
     if baseline is None and "baseline" in metrics:
         baseline = "baseline"
-    base = _num((metrics.get(baseline) or {}).get("val_bpb")) if baseline else None
+    base = to_float((metrics.get(baseline) or {}).get("val_bpb")) if baseline else None
     head = ["variant", "BPB init", "merged", "refine", "exact dec.", "CORE init", "CORE seq"]
     head.append(f"Δ exact vs {baseline}" if baseline else "Δ exact")
 
     def cell(v: Any) -> str:
-        v = _num(v)
+        v = to_float(v)
         return "–" if v is None else f"{v:.4f}"
 
     rows = []
     for name, m in metrics.items():
         m = m or {}
         bpb, core = m.get("bpb") or {}, m.get("core") or {}
-        seq = _num(bpb.get("sequential"))
+        seq = to_float(bpb.get("sequential"))
         delta = "–"
         if name != baseline and seq is not None and base is not None:
             delta = f"{seq - base:+.4f}".replace("-", "−")
@@ -449,7 +449,7 @@ def read_sweep(path: Path | None) -> list[dict[str, Any]] | None:
         cols = read_csv_columns(path)
         with path.open(newline="") as f:
             return list(csv.DictReader(f)) if cols else None
-    data = _read_json(path)
+    data = read_json(path)
     if isinstance(data, Mapping):
         data = data.get("runs") or data.get("results")
     return data if isinstance(data, list) and data else None

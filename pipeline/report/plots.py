@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.report.data import NA, RunData, _num, run_buckets
+from pipeline.report.data import NA, RunData, run_buckets, to_float
 
 PALETTE = ["#1f4e79", "#c0392b", "#2e8b57", "#8e44ad", "#d68910", "#17a589", "#7f8c8d", "#e67e22"]
 
@@ -25,7 +25,7 @@ PALETTE = ["#1f4e79", "#c0392b", "#2e8b57", "#8e44ad", "#d68910", "#17a589", "#7
 # Plots
 
 
-def _plt():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -48,7 +48,7 @@ def _plt():
 def _png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", bbox_inches="tight")
-    _plt().close(fig)
+    pyplot().close(fig)
     return buf.getvalue()
 
 
@@ -82,7 +82,7 @@ def plot_curves(
     smooth: bool = False,
 ) -> bytes | None:
     """One line per run of column `y` against column `x`; None when no run has both columns."""
-    plt = _plt()
+    plt = pyplot()
     colors = _colors(runs)
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     drawn = 0
@@ -114,7 +114,7 @@ def plot_curves(
 
 def plot_buckets(runs: Sequence[RunData]) -> bytes | None:
     """Per-position BPB: one line per (variant, mode) over position buckets."""
-    plt = _plt()
+    plt = pyplot()
     colors = _colors(runs)
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     labels_ref: list[str] | None = None
@@ -145,7 +145,7 @@ def plot_buckets(runs: Sequence[RunData]) -> bytes | None:
 def plot_bucket_diff(runs: Sequence[RunData], base: RunData) -> bytes | None:
     """Per-position BPB of each run minus `base`'s, one line per (run, mode), a zero line, the
     legend beside the axes so it never covers a line."""
-    plt = _plt()
+    plt = pyplot()
     colors = _colors([base, *runs])
     base_b = run_buckets(base)
     ref = base_b.get("sequential") or base_b.get("init") or next(iter(base_b.values()), None)
@@ -187,8 +187,8 @@ DVC_FIGURES = ("val_bpb_vs_tokens", "val_bpb_vs_compute", "loss_vs_compute", "bp
 with no script at all, so offline)."""
 
 
-def _placeholder_png(name: str) -> bytes:
-    plt = _plt()
+def placeholder_png(name: str) -> bytes:
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.0, 1.2))
     ax.axis("off")
     ax.text(0.5, 0.5, f"{name.replace('_', ' ')}: {NA}", ha="center", va="center", color="#777")
@@ -200,11 +200,11 @@ def plot_sweep(
 ) -> bytes | None:
     """`metric` (val BPB, or CORE) vs effective compute, one series per `group`/`variant`/
     `pathway`, log x, like the paper's scaling figures."""
-    plt = _plt()
+    plt = pyplot()
     series: dict[str, list[tuple[float, float]]] = {}
     for rec in records:
-        x = _num(rec.get("effective_flops", rec.get("flops", rec.get("compute"))))
-        y = _num(rec.get(metric, rec.get("bpb") if metric == "val_bpb" else None))
+        x = to_float(rec.get("effective_flops", rec.get("flops", rec.get("compute"))))
+        y = to_float(rec.get(metric, rec.get("bpb") if metric == "val_bpb" else None))
         if x is None or y is None or x <= 0:
             continue
         key = str(rec.get("group") or rec.get("variant") or rec.get("pathway") or "runs")

@@ -21,13 +21,13 @@ from pipeline.report.data import (
     TOKENS_TOLERANCE,
     TRAIN_BPB_LABEL,
     RunData,
-    _flatten,
-    _num,
     compare_to_baseline,
     eval_bpb_modes,
     eval_comparison,
     eval_scalars,
+    flatten,
     run_buckets,
+    to_float,
 )
 from pipeline.report.plots import plot_bucket_diff, plot_buckets, plot_curves, plot_sweep
 from pipeline.report.render import Section
@@ -67,7 +67,7 @@ def _tokenizer_section(stats: Any) -> Section:
         sec.text = f"Tokenizer stats: {NA} (expected the tokenize stage's stats.json)."
         return sec
     sec.headers = ["statistic", "value"]
-    sec.rows = [[k, _fmt(v)] for k, v in _flatten(stats).items() if not isinstance(v, list)]
+    sec.rows = [[k, _fmt(v)] for k, v in flatten(stats).items() if not isinstance(v, list)]
     sec.note = (
         "The tokenize stage's stats.json: the BPE's vocabulary and training sample, bytes per "
         "token, and the train/validation split packed into shards."
@@ -131,7 +131,7 @@ def _runs_section(runs: Sequence[RunData]) -> Section:
                 r.name,
                 _fmt(r.pathway),
                 _fmt(r.strategy),
-                _fmt(_num(tm.get("params"))),
+                _fmt(to_float(tm.get("params"))),
                 _fmt(None if r.final("step") is None else int(r.final("step"))),
                 _fmt(r.final("tokens")),
                 _fmt(r.final("effective_flops")),
@@ -376,7 +376,12 @@ def _core_section(runs: Sequence[RunData]) -> Section:
         if message is None:
             message = "scored" if core else "CORE skipped (no status recorded)"
         sec.rows.append(
-            [r.name, _fmt(_num(core.get("init"))), _fmt(_num(core.get("sequential"))), message]
+            [
+                r.name,
+                _fmt(to_float(core.get("init"))),
+                _fmt(to_float(core.get("sequential"))),
+                message,
+            ]
         )
     skipped = [r for r in sec.rows if r[1] == NA]
     sec.note = (

@@ -91,7 +91,7 @@ def device_memory(device: torch.device) -> int:
     return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
 
-def _gather(obj: Any, info: DistInfo) -> list[Any]:
+def gather(obj: Any, info: DistInfo) -> list[Any]:
     if not info.enabled:
         return [obj]
     out: list[Any] = [None] * info.world_size

@@ -56,7 +56,7 @@ def _cell(v: Any) -> Any:
     return v
 
 
-def _progress_line(run: Any, row: Mapping[str, Any]) -> None:
+def progress_line(run: Any, row: Mapping[str, Any]) -> None:
     """`[train] lrt step 40/100 loss 3.2101 tok/s 51,200 eta 0:00:12 val_bpb 1.93` (stdout).
 
     `run` is the `pipeline.train.loop._Run` (its variant, total_steps and elapsed are read)."""
@@ -78,11 +78,11 @@ def _hms(seconds: int) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def _say(msg: str) -> None:
+def say(msg: str) -> None:
     print(f"[train] {msg}", file=sys.stderr, flush=True)
 
 
-def _postfix(row: Mapping[str, Any]) -> dict[str, str]:
+def postfix(row: Mapping[str, Any]) -> dict[str, str]:
     post = {"loss": f"{row['loss']:.4f}", "tok/s": f"{row['tokens_per_s']:,.0f}"}
     if row.get("mfu") is not None:
         post["mfu"] = f"{100 * row['mfu']:.1f}%"
@@ -91,7 +91,7 @@ def _postfix(row: Mapping[str, Any]) -> dict[str, str]:
     return post
 
 
-def _metric_names(row: Mapping[str, Any]) -> dict[str, float]:
+def metric_names(row: Mapping[str, Any]) -> dict[str, float]:
     """CSV row -> MLflow metric names: `train/loss`, `train/pass0_loss`, `val/bpb`, ..."""
     out = {}
     for k, v in row.items():

@@ -47,10 +47,10 @@ import numpy as np
 from lrt.config import LRTConfig, StrategyConfig
 from pipeline.train.checkpoint import run_file_ours
 from pipeline.train.device import resolve_device
-from pipeline.train.logs import _metric_names, _postfix, _progress_line, _say
+from pipeline.train.logs import metric_names, postfix, progress_line, say
 from pipeline.train.outputs import Outputs
-from pipeline.train.recipe import _check_strategy_fits
-from pipeline.train.signals import TrainingInterrupted, _Stop, _StopFlag
+from pipeline.train.recipe import check_strategy_fits
+from pipeline.train.signals import StopFlag, StopRequested, TrainingInterrupted
 from pipeline.train.state import RunState
 from pipeline.train.stepping import Stepping
 
@@ -116,7 +116,7 @@ def train(
     """
     ts = train_settings
     out_dir = Path(out_dir)
-    _check_strategy_fits(model_cfg, strategy_cfg)
+    check_strategy_fits(model_cfg, strategy_cfg)
     run = _Run(
         model_cfg,
         strategy_cfg,
@@ -145,7 +145,7 @@ def train(
     batches = iter(run.loader)
     last_row: dict[str, Any] = {}
     at_boundary = True  # the model, optimizer and loader agree on `run.step`
-    stop = _StopFlag()
+    stop = StopFlag()
     try:
         with stop:
             while run.step < run.total_steps:
@@ -168,9 +168,9 @@ def train(
                         if do_eval:
                             run.val_log.append(row)
                     if track:
-                        _track(tracker, "log_metrics", _metric_names(row), step=step)
+                        _track(tracker, "log_metrics", metric_names(row), step=step)
                     if plain:
-                        _progress_line(run, row)
+                        progress_line(run, row)
                     last_row = row
                 else:
                     run.elapsed += time.perf_counter() - t0
@@ -179,19 +179,19 @@ def train(
                 if bar is not None:
                     bar.update(1)
                     if row:
-                        bar.set_postfix(_postfix(row), refresh=False)
+                        bar.set_postfix(postfix(row), refresh=False)
                 if on_step is not None:
                     on_step(step, row)
                 signum = run.stop_signal(stop.signum)
                 if signum and not is_last:
-                    raise _Stop(signum)
-    except (KeyboardInterrupt, _Stop) as exc:
+                    raise StopRequested(signum)
+    except (KeyboardInterrupt, StopRequested) as exc:
         run.loader.close()
         if bar is not None:
             bar.close()
         if not at_boundary:
             if run.main:
-                _say(f"{run.variant}: aborted during step {run.step + 1}; no checkpoint written. "
+                say(f"{run.variant}: aborted during step {run.step + 1}; no checkpoint written. "
                      f"Resume from the last checkpoint in {run.ckpt_dir} with --resume.")  # fmt: skip
             raise
         path = run.checkpoint()
@@ -201,8 +201,8 @@ def train(
             "--resume` (or train_variant(..., resume=True))."
         )
         if run.main:
-            _say(msg)
-        signum = exc.signum if isinstance(exc, _Stop) else signal.SIGINT
+            say(msg)
+        signum = exc.signum if isinstance(exc, StopRequested) else signal.SIGINT
         raise TrainingInterrupted(128 + int(signum), msg, path) from None
     except BaseException:
         run.loader.close()

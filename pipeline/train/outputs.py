@@ -16,7 +16,7 @@ import torch.distributed as dist
 
 from pipeline.evaluation.periodic import periodic_bpb
 from pipeline.train.checkpoint import atomic_write_text, rng_state, save_checkpoint, save_model
-from pipeline.train.device import _gather
+from pipeline.train.device import gather
 from pipeline.train.signals import NonFiniteError
 
 
@@ -59,8 +59,8 @@ class Outputs:
             "step": self.step,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "loader": _gather(self.loader.state_dict(), self.info),
-            "rng": _gather(rng_state(), self.info),
+            "loader": gather(self.loader.state_dict(), self.info),
+            "rng": gather(rng_state(), self.info),
             "config": self.config,
             "provenance": self.provenance,
             "progress": {

@@ -61,7 +61,7 @@ def n_passes(strategy: StrategyConfig, cfg: LRTConfig) -> int:
     )
 
 
-def _check_strategy_fits(model_cfg: LRTConfig, strategy_cfg: StrategyConfig) -> None:
+def check_strategy_fits(model_cfg: LRTConfig, strategy_cfg: StrategyConfig) -> None:
     # Caught here, before any data is read: otherwise torch fails deep inside the first step
     # with "upper bound and lower bound inconsistent with step sign".
     if strategy_cfg.name == "interleaved" and strategy_cfg.subsets > model_cfg.seq_len:

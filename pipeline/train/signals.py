@@ -27,7 +27,7 @@ class TrainingInterrupted(SystemExit):
         return self.message
 
 
-class _StopFlag:
+class StopFlag:
     """First SIGINT/SIGTERM asks for a checkpoint at the end of the step; a second SIGINT aborts."""
 
     def __init__(self) -> None:
@@ -44,7 +44,7 @@ class _StopFlag:
             file=sys.stderr,
         )
 
-    def __enter__(self) -> _StopFlag:
+    def __enter__(self) -> StopFlag:
         if threading.current_thread() is threading.main_thread():
             for s in (signal.SIGINT, signal.SIGTERM):
                 self._old[s] = signal.signal(s, self._handler)
@@ -55,7 +55,7 @@ class _StopFlag:
             signal.signal(s, h)
 
 
-class _Stop(Exception):
+class StopRequested(Exception):
     def __init__(self, signum: int) -> None:
         super().__init__(signum)
         self.signum = signum

@@ -32,7 +32,7 @@ from pipeline.train.checkpoint import (
     set_rng_state,
 )
 from pipeline.train.device import init_distributed, peak_flops, resolve_device, resolve_dtype
-from pipeline.train.logs import CsvLog, _say
+from pipeline.train.logs import CsvLog, say
 from pipeline.train.memory import check_memory
 from pipeline.train.recipe import model_accounting, n_passes, recipe_from_settings
 from pipeline.train.step import TrainStep
@@ -194,7 +194,7 @@ class RunState:
             if self.main:
                 self.train_log.truncate_after(self.step)
                 self.val_log.truncate_after(self.step)
-                _say(f"{self.variant}: resumed from {path} at step {self.step}/{self.total_steps}")
+                say(f"{self.variant}: resumed from {path} at step {self.step}/{self.total_steps}")
         elif self.main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             for _, old in list_checkpoints(self.ckpt_dir):

@@ -15,7 +15,7 @@ import torch.distributed as dist
 from torch import nn
 
 from pipeline.train.checkpoint import list_checkpoints
-from pipeline.train.logs import _say
+from pipeline.train.logs import say
 from pipeline.train.signals import NonFiniteError
 from pipeline.train.step import accumulate_gradients
 
@@ -61,7 +61,7 @@ class Stepping:
         if self.nonfinite_skipped < limit:
             self.nonfinite_skipped += 1
             if self.main:
-                _say(f"{self.variant}: step {self.step + 1}: non-finite {what}; step skipped "
+                say(f"{self.variant}: step {self.step + 1}: non-finite {what}; step skipped "
                      f"({self.nonfinite_skipped}/{limit} of train.nonfinite_skips)")  # fmt: skip
             return
         found = list_checkpoints(self.ckpt_dir)

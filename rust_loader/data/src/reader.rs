@@ -256,6 +256,9 @@ impl Shard {
                 self.check_crc(i, &out)?;
                 Ok(out)
             })
+            .collect::<Vec<Result<_>>>()
+            // in chunk order: the error names the first bad chunk, whichever thread found it
+            .into_iter()
             .collect::<Result<_>>()?;
         let _ = self.decoded.set(parts.concat());
         Ok(self.decoded.get().expect("just set"))
