@@ -29,9 +29,7 @@ from typing import Any
 
 from pipeline import tracking
 from pipeline.config.settings import Settings, variant_settings
-from pipeline.data import sources
 from pipeline.data.parts import PartSpec
-from pipeline.data.tokenize import STATS_FILE
 from pipeline.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -134,6 +132,8 @@ def download(settings: Settings, part: PartSpec | None = None) -> dict[str, Any]
     `part` (sharded sources only: fineweb-edu, climbmix, parquet-url) fetches every N-th
     training shard into `data.raw_dir` in place and returns the part's manifest without writing
     it; one plain `download` afterwards links the parts' shards and writes manifest.json."""
+    from pipeline.data import sources  # deferred: only this stage depends on it (dvc.yaml)
+
     with _stage(settings, "download"):
         manifest = sources.download(
             settings.data,
@@ -175,7 +175,8 @@ def tokenize(
     from pipeline.atomic import locked
 
     # deferred, like every stage's own code: the other stages do not depend on it (dvc.yaml)
-    from pipeline.data.tokenize import (
+    from pipeline.data.tokenize_stage import (
+        STATS_FILE,
         save_tokenizer,
         tokenize_merge,
         tokenize_part,

@@ -247,8 +247,9 @@ def run_sweep(
     import torch
 
     from lrt.accounting import effective_compute, flops_per_token
+    from pipeline.atomic import atomic_write_text
     from pipeline.evaluation.run import eval_device, evaluate_model, load_tokenizer
-    from pipeline.train.checkpoint import atomic_write_text, load_model
+    from pipeline.train.checkpoint import load_model
     from pipeline.train.loop import train
 
     opts = options or SweepOptions()

@@ -140,7 +140,7 @@ def moved_names() -> list[tuple[str, str, str]]:
     return rows
 
 
-def test_the_moved_names_table_is_complete_and_true():
+def test_every_moved_name_imports_from_the_home_the_table_gives():
     rows = moved_names()
     assert len(rows) > 100, f"{LAYOUT_DOC}: the table of moved names went missing"
     wrong = []

@@ -308,7 +308,7 @@ def test_cli_part_and_merge_exclude_each_other(project: Path) -> None:
 
 
 def test_cli_part_rerun_replaces_only_its_own_files(project: Path) -> None:
-    """The folder rules of `tokenize --part i/n` (pipeline.data.tokenize): a re-run replaces
+    """The folder rules of `tokenize --part i/n` (pipeline.data.tokenize_stage): a re-run replaces
     this part's old files (fewer shards now: none of the old ones linger), keeps the other
     parts of the same n, removes parts of another n and the merged manifest.json (stale)."""
     out = ["--set", "tokenizer.out_dir=parts"]

@@ -29,9 +29,9 @@ from lrt.model import LRT
 from pipeline.config.budget import grad_accum_steps
 from pipeline.config.settings import TrainSettings
 from pipeline.train.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, load_model
+from pipeline.train.forward_backward import TrainStep, accumulate_gradients
 from pipeline.train.loop import train
 from pipeline.train.signals import TrainingInterrupted
-from pipeline.train.step import TrainStep, accumulate_gradients
 
 REPO = Path(__file__).resolve().parents[1]
 SEQ = 32

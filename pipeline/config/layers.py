@@ -180,11 +180,11 @@ def resolve_paths(tree: dict, root: Path) -> None:
         tree["tracking"]["uri"] = "sqlite:///" + str((root / uri[len("sqlite:///") :]).resolve())
 
 
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+def settings_items(tree: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
     for key, value in tree.items():
         dotted = f"{prefix}{key}"
         if isinstance(value, Mapping) and (not prefix or dotted.startswith("train.variants")):
-            yield from flatten(value, prefix=f"{dotted}.")
+            yield from settings_items(value, prefix=f"{dotted}.")
         else:
             yield dotted, value
 

@@ -43,11 +43,11 @@ from pipeline.config.layers import (
     apply_mapping,
     apply_value,
     env_path,
-    flatten,
     format_errors,
     parse_scalar,
     read_yaml,
     resolve_paths,
+    settings_items,
 )
 from pipeline.config.model_sections import ModelSettings, StrategySettings
 from pipeline.config.sections import (
@@ -175,7 +175,7 @@ class Settings(BaseSettings):
 
     def flat(self) -> dict[str, Any]:
         """Every value under its dotted key (variants as `train.variants.NAME.model.pathway`)."""
-        return dict(flatten(self.model_dump(mode="json")))
+        return dict(settings_items(self.model_dump(mode="json")))
 
     def section(self, name: str) -> SettingsSection:
         """One section by name (`settings.section("train")`)."""
@@ -269,7 +269,7 @@ def load_settings(
     """
     env = os.environ if env is None else env
     tree: dict[str, Any] = {name: cls().model_dump() for name, cls in SECTIONS.items()}
-    provenance = {key: "default" for key, _ in flatten(tree)}
+    provenance = {key: "default" for key, _ in settings_items(tree)}
 
     config_file: Path | None = None
     if config_path is not None:

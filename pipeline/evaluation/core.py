@@ -18,6 +18,7 @@ known per-token losses; `lrt_scorer` adapts an `lrt.LRT` in either memory mode (
 memory, "sequential" = exact recurrent decoding).
 
 Example:
+    >>> from pipeline.evaluation.core_tasks import load_tasks     # doctest: +SKIP
     >>> tasks = load_tasks("../shared/data/core")            # doctest: +SKIP
     >>> res = evaluate_core(tasks, lrt_scorer(model), tok)    # doctest: +SKIP
     >>> res["init"].core                                      # doctest: +SKIP

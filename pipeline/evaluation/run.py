@@ -87,7 +87,7 @@ def _finite(x: Any) -> Any:
 
 
 def _write_json(path: Path, obj: Any) -> Path:
-    from pipeline.train.checkpoint import atomic_write_text
+    from pipeline.atomic import atomic_write_text
 
     return atomic_write_text(path, json.dumps(_finite(obj), indent=2) + "\n")
 

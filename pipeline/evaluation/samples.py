@@ -65,6 +65,6 @@ def generate_samples(
 
 def write_samples(path: str | Path, samples: Sequence[dict[str, Any]]) -> Path:
     """Write samples as pretty JSON (atomically) and return the path."""
-    from pipeline.train.checkpoint import atomic_write_text
+    from pipeline.atomic import atomic_write_text
 
     return atomic_write_text(path, json.dumps(list(samples), indent=2, ensure_ascii=False) + "\n")

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pipeline.atomic import atomic_write_bytes, atomic_write_text
 from pipeline.report.data import (  # noqa: F401 - re-exported: `pipeline.report.build` is the public API
     COMPUTE_TOLERANCE,
     CURVE_FILES,
@@ -41,7 +42,7 @@ from pipeline.report.data import (  # noqa: F401 - re-exported: `pipeline.report
     eval_buckets,
     eval_comparison,
     eval_scalars,
-    flatten,
+    flatten_dict,
     headline_deltas,
     headline_metrics,
     interpolate_at,
@@ -68,7 +69,6 @@ from pipeline.report.render import (
     render_markdown,
 )
 from pipeline.report.sections import build_sections
-from pipeline.train.checkpoint import atomic_write_bytes, atomic_write_text
 
 
 def load_runs(runs_dir: str | Path, eval_dir: str | Path | None = None) -> list[RunData]:

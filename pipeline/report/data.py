@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.train.checkpoint import atomic_write_text
+from pipeline.atomic import atomic_write_text
 
 NA = "not available"
 NOT_REACHED = "not reached"
@@ -225,14 +225,14 @@ def run_buckets(run: RunData) -> dict[str, tuple[list[str], list[float]]]:
     return eval_buckets(detail) or eval_buckets(run.eval_metrics)
 
 
-def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+def flatten_dict(d: Any, prefix: str = "") -> dict[str, Any]:
     if not isinstance(d, Mapping):
         return {prefix or "value": d}
     out: dict[str, Any] = {}
     for k, v in d.items():
         key = f"{prefix}.{k}" if prefix else str(k)
         if isinstance(v, Mapping):
-            out.update(flatten(v, key))
+            out.update(flatten_dict(v, key))
         else:
             out[key] = v
     return out
@@ -251,7 +251,7 @@ def eval_scalars(metrics: Mapping[str, Any] | None) -> dict[str, float]:
     rest = {
         k: v for k, v in metrics.items() if k not in ("bpb", "bpb_buckets", "val_bpb", "val_loss")
     }
-    for k, v in flatten(rest).items():
+    for k, v in flatten_dict(rest).items():
         if re.fullmatch(r"(?:val_)?bpb[_/]\w+", k) or k.startswith(EVAL_SKIP) or k.endswith(".n"):
             continue
         if to_float(v) is not None and not isinstance(v, bool):

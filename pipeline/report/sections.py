@@ -25,7 +25,7 @@ from pipeline.report.data import (
     eval_bpb_modes,
     eval_comparison,
     eval_scalars,
-    flatten,
+    flatten_dict,
     run_buckets,
     to_float,
 )
@@ -67,7 +67,7 @@ def _tokenizer_section(stats: Any) -> Section:
         sec.text = f"Tokenizer stats: {NA} (expected the tokenize stage's stats.json)."
         return sec
     sec.headers = ["statistic", "value"]
-    sec.rows = [[k, _fmt(v)] for k, v in flatten(stats).items() if not isinstance(v, list)]
+    sec.rows = [[k, _fmt(v)] for k, v in flatten_dict(stats).items() if not isinstance(v, list)]
     sec.note = (
         "The tokenize stage's stats.json: the BPE's vocabulary and training sample, bytes per "
         "token, and the train/validation split packed into shards."

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.atomic import atomic_write_text
 from pipeline.data.packing import pack_files
 from pipeline.data.tokenizer import Tokenizer
-from pipeline.train.checkpoint import atomic_write_text
 
 DEFAULT_DATA = Path("../shared/data/text/gutenberg")
 """Gutenberg books beside the checkout (see ../shared/data/README.md)."""

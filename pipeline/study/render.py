@@ -11,9 +11,9 @@ import math
 from pathlib import Path
 from typing import Any
 
+from pipeline.atomic import atomic_write_bytes, atomic_write_text
 from pipeline.report.render import Section, render_html, render_markdown
 from pipeline.study.stats import finite_json
-from pipeline.train.checkpoint import atomic_write_bytes, atomic_write_text
 
 NA = "–"
 GRAD_GROUPS = ("all", "blocks", "pathway", "embedding", "lm_head")

@@ -31,6 +31,7 @@ import torch
 from lrt.accounting import flops_per_token, matched_tokens
 from lrt.config import LRTConfig, StrategyConfig
 from pipeline import tracking
+from pipeline.atomic import atomic_write_text
 from pipeline.study.arms import (
     ARM_SETS,
     COMPARISONS,
@@ -43,7 +44,6 @@ from pipeline.study.arms import (
 from pipeline.study.cell import CellContext, Scale, run_cell
 from pipeline.study.data import prepare_data
 from pipeline.study.stats import paired_difference, summary
-from pipeline.train.checkpoint import atomic_write_text
 
 METRICS: dict[str, bool] = {
     # metric -> lower is better

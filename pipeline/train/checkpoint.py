@@ -24,10 +24,8 @@ import contextlib
 import contextvars
 import io
 import json
-import os
 import random
 import re
-import tempfile
 import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -35,6 +33,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from pipeline.atomic import atomic_write_bytes
 
 FORMAT_VERSION = 1
 CKPT_RE = re.compile(r"^step_(\d{8,})\.pt$")
@@ -52,45 +52,6 @@ class CheckpointError(ValueError):
 
 # ---------------------------------------------------------------------------------------------
 # Atomic file writes
-
-
-def _fsync_dir(path: Path) -> None:
-    # Makes the rename itself durable; not supported on every platform/filesystem.
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write `data` to `path` via a fsynced temp file in the same folder and `os.replace`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(e, OSError) and e.errno is not None and e.filename is None:
-            # `write`/`fsync` errors (a full disk: ENOSPC, EFBIG) carry no file name.
-            raise type(e)(
-                e.errno, f"{e.strerror}; {path} was left unchanged (is the disk full?)", str(path)
-            ) from e
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """UTF-8 text version of `atomic_write_bytes`."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pipeline.train.checkpoint import atomic_write_text
+from pipeline.atomic import atomic_write_text
 
 
 class CsvLog:

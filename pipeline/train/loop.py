@@ -24,7 +24,7 @@ Multi-GPU: `torchrun --nproc_per_node 8 -m stages.train ...` (any entry point ca
 `train_variant`); RANK / WORLD_SIZE / LOCAL_RANK are read from the environment.
 
 The run's parts, one file each in `pipeline/train/`: `state` (what a rank builds; fresh start or
-resume), `stepping` (the optimizer step, its non-finite guard, the log row), `outputs`
+resume), `optimizer_step` (the optimizer step, its non-finite guard, the log row), `outputs`
 (validation, checkpoints, final files), `step` (forward/backward with gradient accumulation),
 `device` (process group, device, dtype), `recipe` (optimizer recipe, accounting), `memory`,
 `logs`, `signals`; the step budget is `pipeline.config.budget`, the periodic validation
@@ -48,11 +48,11 @@ from lrt.config import LRTConfig, StrategyConfig
 from pipeline.train.checkpoint import run_file_ours
 from pipeline.train.device import resolve_device
 from pipeline.train.logs import metric_names, postfix, progress_line, say
+from pipeline.train.optimizer_step import Stepping
 from pipeline.train.outputs import Outputs
 from pipeline.train.recipe import check_strategy_fits
 from pipeline.train.signals import StopFlag, StopRequested, TrainingInterrupted
 from pipeline.train.state import RunState
-from pipeline.train.stepping import Stepping
 
 KEEP_CHECKPOINTS = 3
 

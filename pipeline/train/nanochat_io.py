@@ -25,10 +25,10 @@ from typing import Any
 
 import torch
 
+from pipeline.atomic import atomic_write_text
 from pipeline.train.checkpoint import (
     CheckpointError,
     atomic_torch_save,
-    atomic_write_text,
     load_model,
     save_model,
 )

@@ -14,8 +14,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from pipeline.atomic import atomic_write_text
 from pipeline.evaluation.periodic import periodic_bpb
-from pipeline.train.checkpoint import atomic_write_text, rng_state, save_checkpoint, save_model
+from pipeline.train.checkpoint import rng_state, save_checkpoint, save_model
 from pipeline.train.device import gather
 from pipeline.train.signals import NonFiniteError
 

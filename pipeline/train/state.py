@@ -1,6 +1,6 @@
 """A training run's state: everything one rank builds from the configs (model, optimizer, data
 loader, logs, accounting), its start (fresh, or resumed from the newest checkpoint) and the
-compile / DDP wrapping. The step loop (`pipeline.train.stepping`) and the evaluation and
+compile / DDP wrapping. The step loop (`pipeline.train.optimizer_step`) and the evaluation and
 checkpoint outputs (`pipeline.train.outputs`) work on these attributes; `pipeline.train.loop`
 puts the three together.
 """
@@ -32,10 +32,10 @@ from pipeline.train.checkpoint import (
     set_rng_state,
 )
 from pipeline.train.device import init_distributed, peak_flops, resolve_device, resolve_dtype
+from pipeline.train.forward_backward import TrainStep
 from pipeline.train.logs import CsvLog, say
 from pipeline.train.memory import check_memory
 from pipeline.train.recipe import model_accounting, n_passes, recipe_from_settings
-from pipeline.train.step import TrainStep
 
 # LRTConfig fields whose settings default is None (derived from depth / n_head / seq_len).
 RESOLVED_MODEL_FIELDS = ("n_embd", "n_head", "n_kv_head", "rope_len")

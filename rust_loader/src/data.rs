@@ -1,8 +1,8 @@
 //! pyo3 bindings for `lrt_data`: shard reading, packing, and the prefetching batch stream.
 //!
 //! Each binding converts types, releases the GIL around the heavy part (`py.detach`) and maps
-//! `DataError` to Python (`to_py`). Defaults and validation live in `pipeline/shards.py` and
-//! `pipeline/loader.py`, the only modules users import.
+//! `DataError` to Python (`to_py`). Defaults and validation live in `pipeline/data/shards.py`
+//! (format, reading), `pipeline/data/packing.py` and `pipeline/data/loader.py`, the modules users import.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};

@@ -1,5 +1,5 @@
-//! `pipeline._rust`: the private extension module behind `pipeline.tokenizer`,
-//! `pipeline.shards` and `pipeline.loader`.
+//! `pipeline._rust`: the private extension module behind `pipeline.data.tokenizer`,
+//! `pipeline.data.shards` (with `packing` and `parts`) and `pipeline.data.loader`.
 //!
 //! This crate is the only place pyo3 appears. Every binding does three things:
 //! convert types, release the GIL around the heavy part, map errors

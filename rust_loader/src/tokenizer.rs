@@ -1,7 +1,7 @@
 //! pyo3 bindings for `lrt_bpe`: `pipeline._rust.Tokenizer`.
 //!
 //! Each method converts types, releases the GIL around the work (`py.detach`), and maps
-//! [`BpeError`] through [`to_py_err`]. Defaults and validation live in `pipeline/tokenizer.py`.
+//! [`BpeError`] through [`to_py_err`]. Defaults and validation live in `pipeline/data/tokenizer.py`.
 //! Other bindings (data packing) can take a `PyRef<PyTokenizer>` and use `inner` directly.
 
 use std::path::PathBuf;
@@ -31,7 +31,7 @@ pub fn to_py_err(e: BpeError) -> PyErr {
 /// (ids, offsets) of `encode_batch_flat`.
 type FlatIds<'py> = (Bound<'py, PyArray1<u32>>, Bound<'py, PyArray1<i64>>);
 
-/// A byte-level BPE tokenizer (private; use `pipeline.tokenizer.Tokenizer`).
+/// A byte-level BPE tokenizer (private; use `pipeline.data.tokenizer.Tokenizer`).
 #[pyclass(name = "Tokenizer", module = "pipeline._rust", frozen)]
 pub struct PyTokenizer {
     pub inner: Arc<Tokenizer>,

@@ -15,9 +15,9 @@ import torch.distributed as dist
 from torch import nn
 
 from pipeline.train.checkpoint import list_checkpoints
+from pipeline.train.forward_backward import accumulate_gradients
 from pipeline.train.logs import say
 from pipeline.train.signals import NonFiniteError
-from pipeline.train.step import accumulate_gradients
 
 
 class Stepping:
