@@ -34,7 +34,7 @@ from pipeline.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
-STAGES = ("download", "tokenize", "train", "eval", "report")
+STAGES = ("download", "tokenize", "train", "eval", "report", "eval_bundle")
 
 # The settings each stage reads; they are its MLflow params and its `params:` in dvc.yaml.
 STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
@@ -282,6 +282,22 @@ def eval_bundle(settings: Settings) -> dict[str, Any]:
     return status
 
 
+def _eval_bundle_stage(settings: Settings) -> int:
+    """`eval_bundle` as the DVC stage runs it: the status line on stdout, exit status 0 (offline
+    included); an archive that arrived but is not the bundle is one line on stderr, status 1."""
+    import sys
+
+    from pipeline.evaluation.bundle import EvalBundleError
+
+    try:
+        status = eval_bundle(settings)
+    except EvalBundleError as exc:
+        print(f"stage eval_bundle: {exc}", file=sys.stderr)
+        return 1
+    print(status["message"])
+    return 0
+
+
 def report(settings: Settings) -> Path:
     """Build report.md / report.html in `report.out_dir`; returns the report path."""
     from pipeline.report.build import build_report
@@ -349,6 +365,8 @@ def stage_main(stage: str, argv: list[str]) -> int:
         evaluate(settings, argv[0])
     elif stage == "report":
         report(settings)
+    elif stage == "eval_bundle":
+        return _eval_bundle_stage(settings)
     else:
         raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
     return 0

@@ -3,7 +3,7 @@ Run: python -m stages.eval_bundle"""
 
 import sys
 
-from pipeline.evaluation.bundle import stage_main
+from pipeline.steps import stage_main
 
 if __name__ == "__main__":
-    sys.exit(stage_main(sys.argv[1:]))
+    sys.exit(stage_main("eval_bundle", sys.argv[1:]))

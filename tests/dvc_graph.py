@@ -29,7 +29,7 @@ STAGE_ENTRY = {
     "train": ("pipeline.steps", "train"),
     "eval": ("pipeline.steps", "evaluate"),
     "report": ("pipeline.steps", "report"),
-    "eval_bundle": ("pipeline.evaluation.bundle", "stage_main"),
+    "eval_bundle": ("pipeline.steps", "_eval_bundle_stage"),
 }
 DISPATCH = ("pipeline.steps", "stage_main")  # the shared entry; only its own imports count
 # Package inits whose own imports are not followed: lrt/__init__ re-exports the model for users

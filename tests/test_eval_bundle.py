@@ -123,7 +123,7 @@ def test_stage_offline_succeeds_and_says_so(
 ) -> None:
     """`python -m stages.eval_bundle` with no server: exit 0, a status that says why and what
     to run (the demo must not fail offline)."""
-    from pipeline.evaluation.bundle import stage_main
+    from pipeline.steps import stage_main
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("LRT_TRACKING__ENABLED", "false")
@@ -131,12 +131,12 @@ def test_stage_offline_succeeds_and_says_so(
     import pipeline.data.http
 
     monkeypatch.setattr(pipeline.data.http.time, "sleep", lambda s: None)  # no backoff waits
-    assert stage_main([]) == 0
+    assert stage_main("eval_bundle", []) == 0
     status = bundle_status(tmp_path / "data" / "eval_bundle")
     assert status is not None and status["available"] is False
     out = capsys.readouterr().out
     assert "CORE skipped: eval bundle unavailable" in out and "with network" in out
-    assert stage_main(["extra"]) == 2
+    assert stage_main("eval_bundle", ["extra"]) == 2
 
 
 def test_faults_keep_the_previous_bundle(server: _Server, tmp_path: Path) -> None:
