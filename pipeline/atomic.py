@@ -44,6 +44,7 @@ import errno
 import fcntl
 import json
 import logging
+import math
 import os
 import secrets
 import shutil
@@ -51,8 +52,9 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +189,22 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """UTF-8 text version of `atomic_write_bytes`."""
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def finite_json(x: Any) -> Any:
+    """NaN/inf -> None, recursively (dict keys as str): what strict JSON readers accept."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, Mapping):
+        return {str(k): finite_json(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [finite_json(v) for v in x]
+    return x
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> Path:
+    """`obj` as strict JSON (`finite_json`, indent 2, trailing newline), written atomically."""
+    return atomic_write_text(path, json.dumps(finite_json(obj), indent=2) + "\n")
 
 
 def _exchange(a: Path, b: Path) -> bool:

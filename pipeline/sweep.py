@@ -18,7 +18,6 @@ stage.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -247,9 +246,10 @@ def run_sweep(
     import torch
 
     from lrt.accounting import effective_compute, flops_per_token
-    from pipeline.atomic import atomic_write_text
-    from pipeline.evaluation.run import eval_device, evaluate_model, load_tokenizer
+    from pipeline.atomic import atomic_write_json, atomic_write_text
+    from pipeline.evaluation.run import evaluate_model, load_tokenizer
     from pipeline.train.checkpoint import load_model
+    from pipeline.train.device import resolve_device
     from pipeline.train.loop import train
 
     opts = options or SweepOptions()
@@ -264,7 +264,7 @@ def run_sweep(
         name: _configs(settings, over, opts.model, tokenizer.vocab_size)
         for name, over in method_over.items()
     }
-    device = eval_device(settings.train.device)
+    device = resolve_device(settings.train.device)
     records: list[dict[str, Any]] = []
 
     def run_one(name: str, r: float) -> None:
@@ -340,16 +340,6 @@ def run_sweep(
     )
     result = {"runs": records, "equal_compute": equal_compute_table(records)}
     out = Path(out_path) if out_path is not None else Path(settings.report.out_dir) / "sweep.json"
-    atomic_write_text(out, json.dumps(_json_safe(result), indent=2) + "\n")
+    atomic_write_json(out, result)
     atomic_write_text(out.with_suffix(".md"), sweep_markdown(result))
     return result
-
-
-def _json_safe(x: Any) -> Any:
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, Mapping):
-        return {str(k): _json_safe(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_json_safe(v) for v in x]
-    return x

@@ -11,16 +11,16 @@ import yaml
 from click.testing import CliRunner
 
 from pipeline.cli import main
-from pipeline.evaluation.run import eval_device
+from pipeline.train.device import resolve_device
 
 
 def test_device_cuda_without_cuda_is_a_value_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     for setting in ("cuda", "cuda:1"):
         with pytest.raises(ValueError, match=rf"train.device={setting} but .* no usable CUDA"):
-            eval_device(setting)
-    assert eval_device("auto") == torch.device("cpu")
-    assert eval_device("cpu") == torch.device("cpu")
+            resolve_device(setting)
+    assert resolve_device("auto") == torch.device("cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
 
 
 def test_eval_cli_says_it_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

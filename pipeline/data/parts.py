@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from pipeline.atomic import atomic_write_json
 
 if TYPE_CHECKING:
     from pipeline.data.shards import Manifest
@@ -281,7 +282,7 @@ def merge_parts(out_dir: str | Path, *, tokenizer_hash: str | None = None) -> Ma
     _check_headers(root, splits, ref["tokenizer_hash"])
 
     merged = _merged_manifest(ref, parts, splits, found, count)
-    _write_atomic(root / MANIFEST_NAME, json.dumps(merged, indent=2) + "\n")
+    atomic_write_json(root / MANIFEST_NAME, merged)
     keep = {e["file"] for entries in splits.values() for e in entries}
     single = re.compile(r"^(train|val)_\d+\.bin(\.tmp)?$")
     for path in root.iterdir():
@@ -355,24 +356,3 @@ def _merged_manifest(
         }
     )
     return out
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """temp + fsync + rename + fsync of the folder: readers see the old file or the new one."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    with contextlib.suppress(OSError):
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

@@ -32,6 +32,7 @@ from typing import Any
 
 import polars as pl
 
+from pipeline.atomic import atomic_write_json
 from pipeline.config.settings import DataSettings
 from pipeline.data.documents import (
     builtin_documents,
@@ -157,21 +158,13 @@ def _download_part(
         result = datasets.download_dataset(
             settings, raw_dir, settings=run, part=part, backoff_s=backoff_s
         )
-    entries = result.entries
-    return {
-        "version": MANIFEST_VERSION,
-        "source": settings.source,
-        "files": entries,
-        "documents": sum(e["documents"] for e in entries),
-        "bytes": sum(e["bytes"] for e in entries),
-        "text_bytes": sum(e.get("text_bytes", 0) for e in entries),
-        **result.manifest_extra,
-    }
+    return _manifest(settings, result.entries, result.manifest_extra)
 
 
 # What `download` writes in its folder; everything else there is the user's and is kept.
 _RAW_OURS = re.compile(
     r"^(documents_\d+\.parquet|shard_\d+\.parquet|manifest\.json)(\.tmp|\.part|\.tmp\.part)?$"
+    r"|^\.manifest\.json\.tmp.*$"  # pipeline.atomic.atomic_write_json's temporary
 )
 _SHARD = re.compile(r"^shard_\d+\.parquet$")
 
@@ -210,7 +203,17 @@ def _download_into(
                 "every input was empty: check data.paths and data.max_bytes"
             )
         log.info("wrote %d documents from %s", sum(e["documents"] for e in entries), origin)
-    manifest = {
+    manifest = _manifest(settings, entries, extra)
+    _remove_stale(raw_dir, {e["name"] for e in entries})
+    atomic_write_json(raw_dir / MANIFEST, manifest)
+    return manifest
+
+
+def _manifest(
+    settings: DataSettings, entries: list[dict[str, Any]], extra: dict[str, Any]
+) -> dict[str, Any]:
+    """The raw manifest (a part's, or the folder's) over `entries`, with their totals."""
+    return {
         "version": MANIFEST_VERSION,
         "source": settings.source,
         "files": entries,
@@ -219,9 +222,6 @@ def _download_into(
         "text_bytes": sum(e.get("text_bytes", 0) for e in entries),
         **extra,
     }
-    _remove_stale(raw_dir, {e["name"] for e in entries})
-    _write_json_atomic(raw_dir / MANIFEST, manifest)
-    return manifest
 
 
 def read_raw_manifest(raw_dir: str | Path) -> dict[str, Any]:
@@ -329,9 +329,3 @@ def _remove_stale(raw_dir: Path, keep: set[str]) -> None:
         stale = path.is_file() and path.name not in keep and path.name != MANIFEST
         if stale and _raw_ours(path.name):
             path.unlink()
-
-
-def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)

@@ -17,13 +17,13 @@ import contextlib
 import errno
 import hashlib
 import json
-import os
 import re
 import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from pipeline.atomic import atomic_write_json
 from pipeline.config.settings import Settings
 from pipeline.data import sources
 from pipeline.data.parts import PART_FILE, PartSpec
@@ -42,7 +42,7 @@ STATS_FILE = "stats.json"
 # (a pretrained `tokenizer_gpt.bpe`, notes) and is carried across every re-run untouched.
 _TOKENS_OURS = re.compile(
     r"^((train|val)_\d+\.bin|manifest\.json|stats\.json|tokenizer\.bpe|part\d+of\d+_.*)"
-    r"(\.tmp.*)?$|^\.tokenizer\.bpe\.tmp.*$"
+    r"(\.tmp.*)?$|^\.(tokenizer\.bpe|manifest\.json|stats\.json)\.tmp.*$"  # atomic writes' temps
 )
 
 
@@ -114,12 +114,6 @@ def _train_tokenizer(settings: Settings) -> tuple[Any, dict[str, Any]]:
     return tokenizer, stats
 
 
-def _write_stats(out: Path, stats: dict[str, Any]) -> None:
-    tmp = out / (STATS_FILE + ".tmp")
-    tmp.write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, out / STATS_FILE)
-
-
 def save_tokenizer(settings: Settings) -> dict[str, Any]:
     """`tokenize --tokenizer-only`: train (or load) and save `tokenizer.bpe`, nothing else.
 
@@ -137,7 +131,7 @@ def save_tokenizer(settings: Settings) -> dict[str, Any]:
     # makes every shard, manifest and part stale: the new folder holds only it and user files.
     with _tokens_output(settings, keep=lambda name: same and name != STATS_FILE) as staging:
         tokenizer.save(staging / TOKENIZER_FILE)
-        _write_stats(staging, stats)
+        atomic_write_json(staging / STATS_FILE, stats)
     return stats
 
 
@@ -270,7 +264,7 @@ def tokenize_merge(settings: Settings) -> dict[str, Any]:
             parts=manifest.source.get("parts"),
             raw_text_bytes=raw.get("text_bytes") or None,
         )
-        _write_stats(staging, stats)
+        atomic_write_json(staging / STATS_FILE, stats)
     return stats
 
 
@@ -300,5 +294,5 @@ def tokenize_single_run(settings: Settings) -> dict[str, Any]:
             "tokenizer_train_s": tok_stats["tokenizer_train_s"],
             "pack_s": pack_s,
         }
-        _write_stats(staging, stats)
+        atomic_write_json(staging / STATS_FILE, stats)
     return stats

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pipeline.atomic import output_dir
+from pipeline.atomic import atomic_write_json, output_dir
 from pipeline.data.http import DownloadError, fetch, sha256_file
 
 log = logging.getLogger(__name__)
@@ -122,12 +122,6 @@ def _owned(out_dir: Path) -> Callable[[str], bool]:
     return lambda name: name == STATUS_FILE or name in listed
 
 
-def _write_status(folder: Path, status: dict[str, Any]) -> None:
-    tmp = folder / f".{STATUS_FILE}.tmp"
-    tmp.write_text(json.dumps(status, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, folder / STATUS_FILE)
-
-
 def fetch_bundle(
     out_dir: str | Path = DEFAULT_DIR,
     url: str = DEFAULT_URL,
@@ -194,7 +188,7 @@ def fetch_bundle(
             "files": names,
             "message": f"CORE eval bundle from {url}: {len(tasks)} tasks",
         }
-        _write_status(staging, status)
+        atomic_write_json(staging / STATUS_FILE, status)
     log.info("eval bundle: %d CORE tasks in %s (sha256 %s)", len(tasks), out_dir, digest[:12])
     return status
 
@@ -231,7 +225,7 @@ def prepare_bundle(
             )  # fmt: skip
             return previous
         with output_dir(out_dir, owned=_owned(out_dir)) as staging:
-            _write_status(staging, status)
+            atomic_write_json(staging / STATUS_FILE, status)
         log.warning("%s", status["message"])
         return status
 

@@ -20,9 +20,7 @@ the other BPB modes and its CORE / ICL "sequential" entries repeat the "init" va
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import sys
 import time
 from collections.abc import Iterable, Mapping
@@ -31,6 +29,7 @@ from typing import Any
 
 import torch
 
+from pipeline.atomic import atomic_write_json, finite_json
 from pipeline.evaluation.batching import MAX_ROWS, budget_bytes, sequential_rows
 from pipeline.evaluation.bpb import (
     bpb_metrics,
@@ -44,6 +43,7 @@ from pipeline.evaluation.core import core_metrics, evaluate_core, lrt_scorer
 from pipeline.evaluation.core_tasks import load_tasks
 from pipeline.evaluation.icl import evaluate_synthetic, in_context_gain
 from pipeline.evaluation.samples import generate_samples, write_samples
+from pipeline.train.device import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -60,36 +60,6 @@ def load_tokenizer(data_dir: str | Path) -> Any:
             f"no tokenizer file (tokenizer*) in {data_dir}; run `lrt-pipeline tokenize` first"
         )
     return Tokenizer.load(path)
-
-
-def eval_device(setting: str) -> torch.device:
-    """'auto' -> cuda when available, else cpu; 'cuda' without CUDA is a one-line ValueError
-    (before the model or any data is read), as in training."""
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if setting.split(":")[0] == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            f"train.device={setting} but this machine has no usable CUDA device "
-            "(torch.cuda.is_available() is False); use train.device=auto or cpu"
-        )
-    return torch.device(setting)
-
-
-def _finite(x: Any) -> Any:
-    """JSON-safe: NaN/inf -> None, recursively."""
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, Mapping):
-        return {str(k): _finite(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_finite(v) for v in x]
-    return x
-
-
-def _write_json(path: Path, obj: Any) -> Path:
-    from pipeline.atomic import atomic_write_text
-
-    return atomic_write_text(path, json.dumps(_finite(obj), indent=2) + "\n")
 
 
 def evaluate_model(
@@ -345,7 +315,7 @@ def evaluate_variant(settings: Any, variant: str, *, tracker: Any = None) -> dic
     def run(logger: Any) -> dict[str, Any]:
         from pipeline.train.checkpoint import load_model
 
-        device = eval_device(settings.train.device)
+        device = resolve_device(settings.train.device)
         model, strategy, state = load_model(model_path, device=device)
         data_dir = Path(settings.tokenizer.out_dir)
         tokenizer = load_tokenizer(data_dir)
@@ -361,12 +331,12 @@ def evaluate_variant(settings: Any, variant: str, *, tracker: Any = None) -> dic
         )
         metrics = {"step": int(state.get("step", 0)), **metrics}
         paths = [
-            _write_json(run_dir / "metrics.json", metrics),
-            _write_json(run_dir / "eval_details.json", {"variant": variant, **details}),
+            atomic_write_json(run_dir / "metrics.json", metrics),
+            atomic_write_json(run_dir / "eval_details.json", {"variant": variant, **details}),
             write_samples(run_dir / "samples.json", samples),
         ]
         if logger is not None:
-            logger.log_metrics(_finite(metrics))
+            logger.log_metrics(finite_json(metrics))
             for p in paths:
                 logger.log_artifact(p)
             _log_model_params(logger, settings, variant, model)

@@ -29,6 +29,7 @@ from lrt.config import StrategyConfig
 from lrt.optim import build_optimizer
 from lrt.schedule import lr_multiplier, muon_momentum
 from lrt.strategies import forward_train
+from pipeline.atomic import finite_json
 from pipeline.data.loader import DataLoader, validation_loader
 from pipeline.evaluation.bpb import evaluate_bpb, lrt_loss_fns
 from pipeline.evaluation.core import core_metrics, evaluate_core, lrt_scorer
@@ -37,7 +38,6 @@ from pipeline.evaluation.icl import evaluate_synthetic, in_context_gain
 from pipeline.study.arms import Arm, model_config, strategy_config
 from pipeline.study.data import PreparedData
 from pipeline.study.measure import exact_gradients, exact_source, gradient_cosine, state_gap
-from pipeline.study.stats import finite_json
 
 
 @dataclass(frozen=True)

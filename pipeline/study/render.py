@@ -11,9 +11,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from pipeline.atomic import atomic_write_bytes, atomic_write_text
+from pipeline.atomic import atomic_write_bytes, atomic_write_text, finite_json
 from pipeline.report.render import Section, render_html, render_markdown
-from pipeline.study.stats import finite_json
 
 NA = "–"
 GRAD_GROUPS = ("all", "blocks", "pathway", "embedding", "lm_head")

@@ -67,14 +67,3 @@ def paired_difference(
         verdict = "better" if improved else "worse"
     out.update({"lo": lo, "hi": hi, "level": level, "seeds": seeds, "verdict": verdict})
     return out
-
-
-def finite_json(x: Any) -> Any:
-    """NaN/inf -> None, recursively (strict JSON for the records and results files)."""
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {str(k): finite_json(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [finite_json(v) for v in x]
-    return x

@@ -51,17 +51,21 @@ def init_distributed(device_kind: str) -> DistInfo:
 
 
 def resolve_device(setting: str, info: DistInfo | None = None) -> torch.device:
-    """'auto' -> cuda when available (cuda:LOCAL_RANK under torchrun), else cpu."""
+    """'auto' -> cuda when available (cuda:LOCAL_RANK under torchrun), else cpu; 'cuda' (or
+    'cuda:N') without CUDA is a one-line ValueError, raised before a model or any data is read
+    (train and eval both call this first)."""
     if setting == "auto":
         setting = "cuda" if torch.cuda.is_available() else "cpu"
-    if setting == "cuda":
+    if setting.split(":")[0] == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(
-                "train.device=cuda but this machine has no usable CUDA device "
+                f"train.device={setting} but this machine has no usable CUDA device "
                 "(torch.cuda.is_available() is False); use train.device=auto or cpu"
             )
+        if ":" in setting:
+            return torch.device(setting)
         return torch.device("cuda", info.local_rank if info else 0)
-    return torch.device("cpu")
+    return torch.device(setting)
 
 
 def resolve_dtype(setting: str, device: torch.device) -> torch.dtype:
